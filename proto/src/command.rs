@@ -253,7 +253,7 @@ impl TaskSpec {
 
 fn deserialize<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FieldError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let mut path = FieldPath::root();
         for seg in e.path().iter() {
             path = match seg {
@@ -271,16 +271,25 @@ fn deserialize<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FieldErro
         if inner.is_syntax() || inner.is_eof() {
             return FieldError::new("", format!("body is not valid JSON: {msg}"));
         }
-        // serde names the offending key only in the message: lift it into the path.
-        for (prefix, reason) in [("unknown field `", "unknown field"), ("missing field `", "is required")] {
-            if let Some(rest) = msg.strip_prefix(prefix) {
-                if let Some(name) = rest.split('`').next() {
-                    return path.key(name).err(reason);
-                }
-            }
+        // An unknown key is already the last segment of the path (it failed as a key).
+        if msg.starts_with("unknown field `") {
+            return path.err("unknown field");
+        }
+        // serde names a missing key only in the message: lift it into the path.
+        if let Some(name) = msg.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+            return path.key(name).err("is required");
         }
         path.err(msg)
-    })
+    })?;
+    // Like serde_json::from_slice: anything after the value (a second body, junk) is refused.
+    de.end().map_err(|e| {
+        let mut msg = e.to_string();
+        if let Some(cut) = msg.find(" at line ") {
+            msg.truncate(cut);
+        }
+        FieldError::new("", format!("body is not valid JSON: {msg}"))
+    })?;
+    Ok(value)
 }
 
 fn task(cmd: Cmd, at: &FieldPath, t: wire::Task, warnings: &mut Vec<Warning>) -> Result<TaskSpec, FieldError> {
@@ -508,7 +517,7 @@ fn parse_fps(s: &str) -> Option<(u32, u32)> {
         None => (s.parse::<u32>().ok()?, 1),
         Some((i, f)) if !f.is_empty() && f.len() <= 3 && f.bytes().all(|b| b.is_ascii_digit()) => {
             let den = 10u32.pow(f.len() as u32);
-            (i.parse::<u32>().ok()? * den + f.parse::<u32>().ok()?, den)
+            (i.parse::<u32>().ok()?.checked_mul(den)?.checked_add(f.parse::<u32>().ok()?)?, den)
         }
         _ => return None,
     };
