@@ -173,6 +173,7 @@ pub fn parse_command(body: &[u8]) -> Result<Command, FieldError> {
             format!("body is {} bytes; the limit is {MAX_BODY_BYTES}", body.len()),
         ));
     }
+    require_objects(body, true)?;
     let raw: wire::Body = deserialize(body)?;
     let root = FieldPath::root();
     let cmd = match raw.cmd.0.as_str() {
@@ -217,6 +218,7 @@ pub fn parse_task_entry(body: &[u8]) -> Result<(TaskSpec, Vec<Warning>), FieldEr
     if body.len() > MAX_BODY_BYTES {
         return Err(FieldError::new("", format!("body is over {MAX_BODY_BYTES} bytes")));
     }
+    require_objects(body, false)?;
     let raw: wire::Task = deserialize(body)?;
     let mut warnings = Vec::new();
     let spec = task(Cmd::Start, &FieldPath::root(), raw, &mut warnings)?;
@@ -249,6 +251,51 @@ impl TaskSpec {
         }
         Ok(())
     }
+}
+
+/// serde's derived structs also accept JSON arrays by position; the contract is
+/// objects with named fields, so refuse an array wherever an object belongs.
+fn require_objects(body: &[u8], whole_body: bool) -> Result<(), FieldError> {
+    use serde_json::Value;
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return Ok(()); // syntax errors are reported, with their position, by `deserialize`
+    };
+    fn object(v: &Value, at: &FieldPath) -> Result<(), FieldError> {
+        match v {
+            Value::Object(_) | Value::Null => Ok(()),
+            _ => Err(at.err("must be a JSON object")),
+        }
+    }
+    fn each(v: &Value, key: &str, at: &FieldPath) -> Result<(), FieldError> {
+        if let Some(Value::Array(items)) = v.get(key) {
+            for (i, item) in items.iter().enumerate() {
+                object(item, &at.key(key).index(i))?;
+            }
+        }
+        Ok(())
+    }
+    let task = |t: &Value, at: &FieldPath| -> Result<(), FieldError> {
+        object(t, at)?;
+        each(t, "src", at)?;
+        each(t, "forward", at)?;
+        for k in ["extendParam", "fops"] {
+            if let Some(x) = t.get(k) {
+                object(x, &at.key(k))?;
+            }
+        }
+        Ok(())
+    };
+    let root = FieldPath::root();
+    if !whole_body {
+        return task(&v, &root);
+    }
+    object(&v, &root)?;
+    if let Some(Value::Array(list)) = v.get("list") {
+        for (i, t) in list.iter().enumerate() {
+            task(t, &root.key("list").index(i))?;
+        }
+    }
+    Ok(())
 }
 
 fn deserialize<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FieldError> {

@@ -686,7 +686,7 @@ mod bad_input {
     bad!(bad_json_truncated, br#"{"cmd": "1", "type": "video","#, "", "not valid JSON");
     bad!(bad_json_trailing_garbage, [START.as_bytes(), b"x"].concat(), "", "not valid JSON");
     bad!(bad_json_two_bodies, [START, TERMINATE].concat().into_bytes(), "", "not valid JSON");
-    bad!(bad_json_not_an_object, br#""video""#, "", "invalid type: string");
+    bad!(bad_json_not_an_object, br#""video""#, "", "must be a JSON object");
     bad!(bad_json_duplicate_key, START.replacen("\"cmd\": \"1\",", "\"cmd\": \"1\", \"cmd\": \"2\",", 1).into_bytes(), "", "duplicate field `cmd`");
     bad!(bad_src_duplicate_key, START.replacen("\"relofftime\": \"300-500\"", "\"relofftime\": \"300-500\", \"relofftime\": \"1-2\"", 1).into_bytes(), "list[0].src[2]", "duplicate field `relofftime`");
     bad!(bad_unknown_top_level_field, with(vec![Set("/priority", json!("high"))]), "priority", "unknown field");
@@ -787,4 +787,18 @@ mod bad_input {
     bad!(bad_fops_unknown_field, fops(json!({"crf": "23"})), "list[0].fops.crf", "unknown field");
     bad!(bad_fops_on_resume, fixture_with(RESUME, vec![Set("/list/0/fops", json!({"vcodec": "libx264"}))]), "list[0].fops", "not allowed with cmd \"5\"");
     bad!(bad_fops_on_terminate, fixture_with(TERMINATE, vec![Set("/list/0/fops", json!({"vcodec": "libx264"}))]), "list[0].fops", "not allowed with cmd \"2\"");
+}
+
+/// serde's derived structs would take arrays by position; the contract is named fields.
+#[test]
+fn arrays_in_place_of_objects_are_refused() {
+    let whole = br#"["", "1", "video", [["123", [["http://a.example/x.mp4", null, null, null, null]], [["rtmp://b.example/live/k", null]], null, null, null, null]]]"#;
+    let e = vodfleet_proto::parse_command(whole).unwrap_err();
+    assert_eq!((e.field.as_str(), e.reason.as_str()), ("", "must be a JSON object"));
+    let nested = br#"{"cmd":"1","type":"video","list":[{"id":"a","src":[["http://a.example/x.mp4"]],"forward":[{"url":"rtmp://b.example/live/k"}]}]}"#;
+    let e = vodfleet_proto::parse_command(nested).unwrap_err();
+    assert_eq!(e.field, "list[0].src[0]");
+    let entry = br#"{"id":"a","src":[{"url":"http://a.example/x.mp4"}],"forward":[{"url":"rtmp://b.example/live/k"}],"fops":["1"]}"#;
+    let e = vodfleet_proto::parse_task_entry(entry).unwrap_err();
+    assert_eq!(e.field, "fops");
 }
