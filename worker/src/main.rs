@@ -1,1 +1,216 @@
-fn main() {}
+//! vodfleet-worker: streams tasks live to RTMP destinations.
+//!
+//! `vodfleet-worker play TASK.json` runs one task (a seed-001 `list[]` entry)
+//! without any queue, until it finishes or is interrupted.
+
+mod config;
+mod destination;
+mod error;
+mod event;
+mod media;
+mod pacer;
+mod source;
+mod task;
+mod timeline;
+
+use clap::{Parser, Subcommand};
+use event::{DestinationProgress, Event, ProgressStyle, TaskStatus};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "vodfleet-worker",
+    version,
+    about = "Streams recorded media live to RTMP destinations"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Play one task (a seed-001 `list[]` entry in a JSON file) until it ends or Ctrl-C.
+    Play {
+        /// Path of the task JSON.
+        task: PathBuf,
+        /// How to show progress on stdout.
+        #[arg(long, value_enum, default_value = "tty")]
+        progress: ProgressStyle,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VODFLEET_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Play { task, progress } => play(task, progress),
+    }
+}
+
+/// Exit codes: 0 finished or stopped, 1 failed, 2 bad input or configuration.
+fn play(path: PathBuf, style: ProgressStyle) -> ExitCode {
+    let cfg = match config::Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let body = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("cannot read task file {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let (spec, warnings) = match vodfleet_proto::parse_task_entry(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("invalid task file {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    for w in &warnings {
+        tracing::warn!(task.id = %spec.id, field = %w.field, "{}", w.message);
+    }
+    media::init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let cancel = CancellationToken::new();
+    let sources = match source::Sources::new(&cfg, &spec.id, cancel.clone(), rt.handle().clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cache directory {}: {e}", cfg.cache_dir.display());
+            return ExitCode::from(2);
+        }
+    };
+    let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let status = Arc::new(TaskStatus::default());
+    let (control, control_rx) = std::sync::mpsc::channel();
+
+    let reporter = rt.spawn(async move {
+        while let Some(e) = events_rx.recv().await {
+            event::print(style, &e);
+        }
+    });
+    let ticker = rt.spawn(progress_ticker(status.clone(), events.clone()));
+    {
+        let (cancel, control) = (cancel.clone(), control.clone());
+        rt.spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("stopping; a second signal exits at once");
+            cancel.cancel();
+            let _ = control.send(task::Control::Stop);
+            wait_for_signal().await;
+            std::process::exit(130);
+        });
+    }
+
+    let id = spec.id.clone();
+    let t = task::Task {
+        spec,
+        cfg,
+        sources,
+        rt: rt.handle().clone(),
+        events: events.clone(),
+        status: status.clone(),
+        control: control_rx,
+    };
+    let outcome = std::thread::Builder::new()
+        .name(format!("task-{id}"))
+        .spawn(move || t.run())
+        .expect("spawning the task thread")
+        .join()
+        .unwrap_or_else(|_| {
+            task::Outcome::Failed(error::WorkerError::Unsupported {
+                task: id.clone(),
+                cause: "media thread panicked".into(),
+            })
+        });
+    ticker.abort();
+    let timeline_ms = status.position().timeline_ms;
+    let code = match outcome {
+        task::Outcome::Finished => {
+            let _ = events.send(Event::TaskFinished { timeline_ms });
+            ExitCode::SUCCESS
+        }
+        task::Outcome::Stopped => {
+            let _ = events.send(Event::TaskStopped { timeline_ms });
+            ExitCode::SUCCESS
+        }
+        task::Outcome::Failed(e) => {
+            tracing::error!(task.id = %id, error = %e, "task failed");
+            let _ = events.send(Event::TaskFailed {
+                error: e.to_string(),
+            });
+            ExitCode::from(1)
+        }
+    };
+    drop(events);
+    let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), reporter).await });
+    if style == ProgressStyle::Tty {
+        println!();
+    }
+    code
+}
+
+async fn progress_ticker(status: Arc<TaskStatus>, events: event::Events) {
+    let mut last: Vec<u64> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let p = status.position();
+        let dests = status.destinations.lock().expect("status lock").clone();
+        last.resize(dests.len(), 0);
+        let destinations = dests
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let bytes = d.bytes.load(std::sync::atomic::Ordering::Relaxed);
+                let kbps = (bytes.saturating_sub(last[i])) as f64 * 8.0 / 1000.0;
+                last[i] = bytes;
+                DestinationProgress {
+                    index: i,
+                    state: d.state(),
+                    kbps,
+                    dropped_packets: d.dropped.load(std::sync::atomic::Ordering::Relaxed),
+                }
+            })
+            .collect();
+        let lag_ms = status.lag_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let e = Event::Progress {
+            item: p.item,
+            loop_index: p.loop_index,
+            offset_ms: p.offset_ms,
+            timeline_ms: p.timeline_ms,
+            lag_ms,
+            destinations,
+        };
+        if events.send(e).is_err() {
+            return;
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,563 @@
+//! Decode → scale / frame-rate → encode, once per task (the destinations share
+//! the encoded packets).
+//!
+//! Decoders are per item (items may differ in codec and size); the scaler is
+//! rebuilt when the input picture changes; the encoders live for the whole task,
+//! so the output is one stream whatever the playlist holds. Frame rate is
+//! converted by choosing, for every output tick, the newest input frame at or
+//! before it. Audio is resampled to 44.1 kHz stereo and kept in step with the
+//! timeline: silence fills gaps, samples that would run ahead are dropped.
+
+use super::{OutPacket, SharedParams};
+use crate::destination::StreamSetup;
+use crate::task::Segment;
+use crate::timeline::{Timeline, Track};
+use ff::format::{Pixel, Sample};
+use ff::util::channel_layout::ChannelLayout;
+use ffmpeg_next as ff;
+use vodfleet_proto::command::{AudioCodec, Transcode};
+
+const AUDIO_RATE: i32 = 44_100;
+const AUDIO_KBPS: usize = 128;
+/// Audio may drift this far (in samples) from the timeline before we correct it.
+const AUDIO_SLACK: i64 = 2048;
+
+pub struct Transcoder {
+    video: Option<VideoPath>,
+    audio: Option<AudioPath>,
+}
+
+struct VideoPath {
+    enc: ff::encoder::video::Encoder,
+    width: u32,
+    height: u32,
+    /// Output frame rate as (num, den); encoder time base is den/num.
+    fps: (i32, i32),
+    dec: Option<ff::decoder::Video>,
+    dec_tb: ff::Rational,
+    scaler: Option<(ScaleKey, ff::software::scaling::Context)>,
+    /// The newest scaled frame and its output time (µs), waiting for its ticks.
+    held: Option<(ff::frame::Video, i64)>,
+    next_tick: i64,
+}
+
+type ScaleKey = (Pixel, u32, u32);
+
+struct AudioPath {
+    enc: ff::encoder::audio::Encoder,
+    frame_size: usize,
+    dec: Option<ff::decoder::Audio>,
+    dec_tb: ff::Rational,
+    resampler: Option<((Sample, u64, u32), ff::software::resampling::Context)>,
+    /// Pending planar samples, one Vec per channel.
+    fifo: [Vec<f32>; 2],
+    /// Samples handed to the fifo so far (the audio clock, in samples).
+    queued: i64,
+    /// Samples sent to the encoder so far.
+    encoded: i64,
+}
+
+fn err(what: &str) -> impl Fn(ff::Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+impl Transcoder {
+    pub fn new(
+        input: &ff::format::context::Input,
+        video: Option<usize>,
+        audio: Option<usize>,
+        s: &Transcode,
+    ) -> Result<Transcoder, String> {
+        let video = match video.and_then(|i| input.stream(i)) {
+            None => None,
+            Some(st) => {
+                let p = st.parameters();
+                // SAFETY: reading plain fields of parameters owned by `p`.
+                let (sw, sh) = unsafe { ((*p.as_ptr()).width as u32, (*p.as_ptr()).height as u32) };
+                let (width, height) = match (s.width, s.height) {
+                    (Some(w), Some(h)) => (w, h),
+                    _ => (sw & !1, sh & !1),
+                };
+                let fps = match s.fps {
+                    Some((n, d)) => (n as i32, d as i32),
+                    None => {
+                        let r = st.avg_frame_rate();
+                        if r.0 > 0 && r.1 > 0 && r.0 / r.1 <= 120 {
+                            (r.0, r.1)
+                        } else {
+                            (25, 1)
+                        }
+                    }
+                };
+                let kbps = s.video_kbps.unwrap_or(2000);
+                Some(VideoPath {
+                    enc: open_video_encoder(width, height, fps, kbps)?,
+                    width,
+                    height,
+                    fps,
+                    dec: None,
+                    dec_tb: ff::Rational(1, 1),
+                    scaler: None,
+                    held: None,
+                    next_tick: 0,
+                })
+            }
+        };
+        let audio = match audio {
+            None => None,
+            Some(_) => {
+                let enc = open_audio_encoder(s.acodec)?;
+                let frame_size = (enc.frame_size() as usize).max(1);
+                Some(AudioPath {
+                    enc,
+                    frame_size,
+                    dec: None,
+                    dec_tb: ff::Rational(1, 1),
+                    resampler: None,
+                    fifo: [Vec::new(), Vec::new()],
+                    queued: 0,
+                    encoded: 0,
+                })
+            }
+        };
+        Ok(Transcoder { video, audio })
+    }
+
+    /// Codec configuration of the encoded output, for the FLV header.
+    pub fn setup(&self) -> StreamSetup {
+        StreamSetup {
+            video: self
+                .video
+                .as_ref()
+                .map(|v| SharedParams(ff::codec::Parameters::from(&*v.enc))),
+            audio: self
+                .audio
+                .as_ref()
+                .map(|a| SharedParams(ff::codec::Parameters::from(&*a.enc))),
+        }
+    }
+
+    /// Opens decoders for a new item.
+    pub fn open_item(
+        &mut self,
+        input: &ff::format::context::Input,
+        video: Option<usize>,
+        audio: Option<usize>,
+    ) -> Result<(), String> {
+        if let Some(v) = &mut self.video {
+            v.dec = match video.and_then(|i| input.stream(i)) {
+                Some(st) => {
+                    v.dec_tb = st.time_base();
+                    let ctx = ff::codec::context::Context::from_parameters(st.parameters())
+                        .map_err(err("video decoder"))?;
+                    Some(ctx.decoder().video().map_err(err("video decoder"))?)
+                }
+                None => None,
+            };
+        }
+        if let Some(a) = &mut self.audio {
+            a.dec = match audio.and_then(|i| input.stream(i)) {
+                Some(st) => {
+                    a.dec_tb = st.time_base();
+                    let ctx = ff::codec::context::Context::from_parameters(st.parameters())
+                        .map_err(err("audio decoder"))?;
+                    Some(ctx.decoder().audio().map_err(err("audio decoder"))?)
+                }
+                None => None,
+            };
+        }
+        Ok(())
+    }
+
+    /// Decodes one packet and encodes whatever frames it completes.
+    pub fn decode(
+        &mut self,
+        track: Track,
+        packet: &ff::Packet,
+        seg: &Segment,
+        tl: &mut Timeline,
+    ) -> Result<Vec<OutPacket>, String> {
+        let mut out = Vec::new();
+        match track {
+            Track::Video => {
+                if let Some(v) = &mut self.video {
+                    if let Some(dec) = &mut v.dec {
+                        dec.send_packet(packet).map_err(err("decoding video"))?;
+                    }
+                    v.drain_decoder(seg, tl, &mut out)?;
+                }
+            }
+            Track::Audio => {
+                if let Some(a) = &mut self.audio {
+                    if let Some(dec) = &mut a.dec {
+                        dec.send_packet(packet).map_err(err("decoding audio"))?;
+                    }
+                    a.drain_decoder(seg, tl, &mut out)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Flushes the item's decoders at the end of a segment and fills the
+    /// segment's tail (the last frame held until the segment's end).
+    pub fn end_segment(
+        &mut self,
+        seg: &Segment,
+        tl: &mut Timeline,
+    ) -> Result<Vec<OutPacket>, String> {
+        let mut out = Vec::new();
+        if let Some(v) = &mut self.video {
+            if let Some(dec) = &mut v.dec {
+                let _ = dec.send_eof();
+            }
+            v.drain_decoder(seg, tl, &mut out)?;
+            if let Some(dec) = &mut v.dec {
+                dec.flush();
+            }
+        }
+        if let Some(a) = &mut self.audio {
+            if let Some(dec) = &mut a.dec {
+                let _ = dec.send_eof();
+            }
+            a.drain_decoder(seg, tl, &mut out)?;
+            if let Some(dec) = &mut a.dec {
+                dec.flush();
+            }
+        }
+        let end = tl.reached();
+        if let Some(v) = &mut self.video {
+            v.tick_until(end, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Drains the encoders at the end of the task.
+    pub fn flush(&mut self) -> Vec<OutPacket> {
+        let mut out = Vec::new();
+        if let Some(v) = &mut self.video {
+            let _ = v.enc.send_eof();
+            let _ = receive(
+                &mut v.enc,
+                Track::Video,
+                ff::Rational(v.fps.1, v.fps.0),
+                &mut out,
+            );
+        }
+        if let Some(a) = &mut self.audio {
+            let _ = a.enc.send_eof();
+            let _ = receive(
+                &mut a.enc,
+                Track::Audio,
+                ff::Rational(1, AUDIO_RATE),
+                &mut out,
+            );
+        }
+        out
+    }
+}
+
+impl VideoPath {
+    fn tick_us(&self, n: i64) -> i64 {
+        n * 1_000_000 * self.fps.1 as i64 / self.fps.0 as i64
+    }
+
+    fn drain_decoder(
+        &mut self,
+        seg: &Segment,
+        tl: &mut Timeline,
+        out: &mut Vec<OutPacket>,
+    ) -> Result<(), String> {
+        // Taken out for the loop so the encoder side can be borrowed too; put back below.
+        let Some(mut dec) = self.dec.take() else {
+            return Ok(());
+        };
+        let r = self.drain_frames(&mut dec, seg, tl, out);
+        self.dec = Some(dec);
+        r
+    }
+
+    fn drain_frames(
+        &mut self,
+        dec: &mut ff::decoder::Video,
+        seg: &Segment,
+        tl: &mut Timeline,
+        out: &mut Vec<OutPacket>,
+    ) -> Result<(), String> {
+        let mut frame = ff::frame::Video::empty();
+        while dec.receive_frame(&mut frame).is_ok() {
+            let tb = self.dec_tb;
+            let Some(ts) = frame.timestamp().or(frame.pts()) else {
+                continue;
+            };
+            let pts = ts * 1_000_000 * tb.0 as i64 / tb.1 as i64;
+            if pts < seg.start || pts >= seg.end {
+                continue; // decoded only to reach the cut
+            }
+            // SAFETY: reading a plain field of the frame we own.
+            let dur =
+                unsafe { (*frame.as_ptr()).pkt_duration } * 1_000_000 * tb.0 as i64 / tb.1 as i64;
+            let (t, _) = tl.place(Track::Video, pts, pts, dur);
+            let key: ScaleKey = (frame.format(), frame.width(), frame.height());
+            if self.scaler.as_ref().is_none_or(|(k, _)| *k != key) {
+                let ctx = ff::software::scaling::Context::get(
+                    key.0,
+                    key.1,
+                    key.2,
+                    Pixel::YUV420P,
+                    self.width,
+                    self.height,
+                    ff::software::scaling::Flags::BILINEAR,
+                )
+                .map_err(err("scaler"))?;
+                self.scaler = Some((key, ctx));
+            }
+            let mut scaled = ff::frame::Video::empty();
+            self.scaler
+                .as_mut()
+                .expect("scaler set above")
+                .1
+                .run(&frame, &mut scaled)
+                .map_err(err("scaling"))?;
+            // Output ticks before this frame's time show the previous frame.
+            self.tick_until(t, out)?;
+            if self.held.is_none() {
+                // First frame ever: the output starts at the tick at or after it.
+                let per = self.tick_us(1);
+                self.next_tick = self.next_tick.max((t + per - 1) / per);
+            }
+            self.held = Some((scaled, t));
+        }
+        Ok(())
+    }
+
+    /// Encodes the held frame for every output tick before `until` (µs).
+    fn tick_until(&mut self, until: i64, out: &mut Vec<OutPacket>) -> Result<(), String> {
+        let fps = self.fps;
+        let tick_us = |n: i64| n * 1_000_000 * fps.1 as i64 / fps.0 as i64;
+        let Some((frame, _)) = &mut self.held else {
+            return Ok(());
+        };
+        while tick_us(self.next_tick) < until {
+            frame.set_pts(Some(self.next_tick));
+            frame.set_kind(ff::picture::Type::None);
+            self.enc.send_frame(frame).map_err(err("encoding video"))?;
+            self.next_tick += 1;
+            receive(
+                &mut self.enc,
+                Track::Video,
+                ff::Rational(self.fps.1, self.fps.0),
+                out,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl AudioPath {
+    fn drain_decoder(
+        &mut self,
+        seg: &Segment,
+        tl: &mut Timeline,
+        out: &mut Vec<OutPacket>,
+    ) -> Result<(), String> {
+        // Taken out for the loop so the encoder side can be borrowed too; put back below.
+        let Some(mut dec) = self.dec.take() else {
+            return Ok(());
+        };
+        let r = self.drain_frames(&mut dec, seg, tl, out);
+        self.dec = Some(dec);
+        r
+    }
+
+    fn drain_frames(
+        &mut self,
+        dec: &mut ff::decoder::Audio,
+        seg: &Segment,
+        tl: &mut Timeline,
+        out: &mut Vec<OutPacket>,
+    ) -> Result<(), String> {
+        let mut frame = ff::frame::Audio::empty();
+        while dec.receive_frame(&mut frame).is_ok() {
+            let tb = self.dec_tb;
+            let Some(ts) = frame.timestamp().or(frame.pts()) else {
+                continue;
+            };
+            let pts = ts * 1_000_000 * tb.0 as i64 / tb.1 as i64;
+            if pts < seg.start || pts >= seg.end {
+                continue;
+            }
+            let rate = frame.rate().max(1) as i64;
+            let dur = frame.samples() as i64 * 1_000_000 / rate;
+            let (t, _) = tl.place(Track::Audio, pts, pts, dur);
+            let layout = if frame.channel_layout().bits() == 0 {
+                ChannelLayout::default(frame.channels() as i32)
+            } else {
+                frame.channel_layout()
+            };
+            let key = (frame.format(), layout.bits(), frame.rate());
+            if self.resampler.as_ref().is_none_or(|(k, _)| *k != key) {
+                let ctx = ff::software::resampling::Context::get(
+                    key.0,
+                    layout,
+                    key.2,
+                    Sample::F32(ff::format::sample::Type::Planar),
+                    ChannelLayout::STEREO,
+                    AUDIO_RATE as u32,
+                )
+                .map_err(err("resampler"))?;
+                self.resampler = Some((key, ctx));
+            }
+            frame.set_channel_layout(layout);
+            let mut res = ff::frame::Audio::empty();
+            self.resampler
+                .as_mut()
+                .expect("resampler set above")
+                .1
+                .run(&frame, &mut res)
+                .map_err(err("resampling"))?;
+
+            // Keep the audio clock on the timeline: fill a gap with silence, drop what runs ahead.
+            let expected = t * AUDIO_RATE as i64 / 1_000_000;
+            if self.queued < expected - AUDIO_SLACK {
+                let gap = (expected - self.queued) as usize;
+                for ch in &mut self.fifo {
+                    ch.extend(std::iter::repeat_n(0.0, gap));
+                }
+                self.queued += gap as i64;
+            } else if self.queued > expected + AUDIO_SLACK {
+                continue;
+            }
+            let n = res.samples();
+            if n == 0 {
+                continue;
+            }
+            for (c, ch) in self.fifo.iter_mut().enumerate() {
+                ch.extend_from_slice(&res.plane::<f32>(c)[..n]);
+            }
+            self.queued += n as i64;
+            self.encode_ready(out)?;
+        }
+        Ok(())
+    }
+
+    fn encode_ready(&mut self, out: &mut Vec<OutPacket>) -> Result<(), String> {
+        while self.fifo[0].len() >= self.frame_size {
+            let mut f = ff::frame::Audio::new(
+                Sample::F32(ff::format::sample::Type::Planar),
+                self.frame_size,
+                ChannelLayout::STEREO,
+            );
+            f.set_rate(AUDIO_RATE as u32);
+            for (c, ch) in self.fifo.iter_mut().enumerate() {
+                f.plane_mut::<f32>(c)[..self.frame_size].copy_from_slice(&ch[..self.frame_size]);
+                ch.drain(..self.frame_size);
+            }
+            f.set_pts(Some(self.encoded));
+            self.encoded += self.frame_size as i64;
+            self.enc.send_frame(&f).map_err(err("encoding audio"))?;
+            receive(
+                &mut self.enc,
+                Track::Audio,
+                ff::Rational(1, AUDIO_RATE),
+                out,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects every packet the encoder has ready, stamped in microseconds.
+fn receive(
+    enc: &mut ff::encoder::Encoder,
+    track: Track,
+    tb: ff::Rational,
+    out: &mut Vec<OutPacket>,
+) -> Result<(), String> {
+    loop {
+        let mut p = ff::Packet::empty();
+        match enc.receive_packet(&mut p) {
+            Ok(()) => {
+                let us = |v: i64| v * 1_000_000 * tb.0 as i64 / tb.1 as i64;
+                let pts = p.pts().map(us).unwrap_or(0);
+                let dts = p.dts().map(us).unwrap_or(pts);
+                let key = p.is_key();
+                out.push(OutPacket {
+                    packet: p,
+                    track,
+                    key,
+                    pts_us: pts,
+                    dts_us: dts,
+                    config: None,
+                });
+            }
+            Err(ff::Error::Other { errno }) if errno == ff::util::error::EAGAIN => return Ok(()),
+            Err(ff::Error::Eof) => return Ok(()),
+            Err(e) => return Err(format!("encoder: {e}")),
+        }
+    }
+}
+
+fn open_video_encoder(
+    width: u32,
+    height: u32,
+    fps: (i32, i32),
+    kbps: u32,
+) -> Result<ff::encoder::video::Encoder, String> {
+    let codec = ff::encoder::find_by_name("libx264")
+        .ok_or("libx264 is not available in this libavcodec")?;
+    let mut ctx = ff::codec::context::Context::new_with_codec(codec);
+    // Let x264 use its own thread pool, as the ffmpeg CLI does (libavcodec defaults to one thread).
+    ctx.set_threading(ff::threading::Config {
+        kind: ff::threading::Type::Frame,
+        count: 0,
+        safe: false,
+    });
+    let mut enc = ctx.encoder().video().map_err(err("video encoder"))?;
+    enc.set_width(width);
+    enc.set_height(height);
+    enc.set_format(Pixel::YUV420P);
+    enc.set_time_base(ff::Rational(fps.1, fps.0));
+    // SAFETY: setting a plain field of the codec context we own before it is opened.
+    unsafe {
+        (*enc.as_mut_ptr()).framerate = ff::ffi::AVRational {
+            num: fps.0,
+            den: fps.1,
+        }
+    };
+    enc.set_bit_rate(kbps as usize * 1000);
+    enc.set_max_bit_rate(kbps as usize * 1000);
+    // A keyframe every 2 s: players joining mid-stream start within 2 s.
+    enc.set_gop((2 * fps.0 / fps.1.max(1)).max(1) as u32);
+    enc.set_flags(ff::codec::Flags::GLOBAL_HEADER);
+    let mut opts = ff::Dictionary::new();
+    opts.set("preset", "veryfast");
+    // No B-frames and no lookahead: live output, DTS equals PTS.
+    opts.set("tune", "zerolatency");
+    // VBV of one second keeps the rate near the target over short spans.
+    opts.set(
+        "x264-params",
+        &format!("vbv-maxrate={kbps}:vbv-bufsize={kbps}:nal-hrd=none"),
+    );
+    enc.open_with(opts).map_err(err("opening libx264"))
+}
+
+fn open_audio_encoder(codec: AudioCodec) -> Result<ff::encoder::audio::Encoder, String> {
+    let found = match codec {
+        AudioCodec::Aac => ff::encoder::find(ff::codec::Id::AAC),
+        AudioCodec::Mp3 => ff::encoder::find_by_name("libmp3lame"),
+    }
+    .ok_or_else(|| format!("{codec:?} encoder is not available in this libavcodec"))?;
+    let mut enc = ff::codec::context::Context::new_with_codec(found)
+        .encoder()
+        .audio()
+        .map_err(err("audio encoder"))?;
+    enc.set_rate(AUDIO_RATE);
+    enc.set_channel_layout(ChannelLayout::STEREO);
+    enc.set_format(Sample::F32(ff::format::sample::Type::Planar));
+    enc.set_bit_rate(AUDIO_KBPS * 1000);
+    enc.set_time_base(ff::Rational(1, AUDIO_RATE));
+    enc.set_flags(ff::codec::Flags::GLOBAL_HEADER);
+    enc.open_with(ff::Dictionary::new())
+        .map_err(err("opening the audio encoder"))
+}

@@ -1,0 +1,132 @@
+//! Downloads one source over HTTP(S) into a local file: 10 s connect and read
+//! timeouts, a bounded number of attempts with exponential backoff (`backon`),
+//! and a resumed transfer (`Range: bytes=N-`) when an attempt dies part-way.
+
+use crate::config::Config;
+use crate::error::{ErrorKind, WorkerError};
+use backon::{ExponentialBuilder, Retryable};
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+use vodfleet_proto::redact;
+
+pub struct Fetch<'a> {
+    pub client: &'a reqwest::Client,
+    pub cfg: &'a Config,
+    pub task_id: &'a str,
+    pub url: &'a str,
+    pub dest: &'a Path,
+    pub cancel: &'a CancellationToken,
+}
+
+impl Fetch<'_> {
+    pub async fn run(&self) -> Result<(), WorkerError> {
+        let attempt = AtomicU32::new(0);
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.cfg.retry_backoff)
+            .with_max_delay(self.cfg.retry_backoff * 8)
+            .with_max_times(self.cfg.source_attempts.saturating_sub(1) as usize);
+        (|| async {
+            let n = attempt.fetch_add(1, Ordering::Relaxed) + 1;
+            self.attempt(n).await
+        })
+        .retry(backoff)
+        .when(|e: &WorkerError| e.kind() == ErrorKind::Retry)
+        .notify(|e, delay| tracing::warn!(task.id = self.task_id, error = %e, retry_in_ms = delay.as_millis() as u64, "source download attempt failed"))
+        .await
+    }
+
+    fn err(&self, attempt: u32, kind: ErrorKind, cause: impl Into<String>) -> WorkerError {
+        WorkerError::Source {
+            task: self.task_id.to_owned(),
+            url: redact::source(self.url),
+            attempt,
+            attempts: self.cfg.source_attempts,
+            cause: cause.into(),
+            kind,
+        }
+    }
+
+    /// Races `fut` against the read timeout and the task's cancellation.
+    async fn bounded<T>(
+        &self,
+        attempt: u32,
+        what: &str,
+        fut: impl std::future::Future<Output = T>,
+    ) -> Result<T, WorkerError> {
+        tokio::select! {
+            r = tokio::time::timeout(self.cfg.source_timeout, fut) => r.map_err(|_| self.err(
+                attempt,
+                ErrorKind::Retry,
+                format!("{what}: no data for {} ms", self.cfg.source_timeout.as_millis()),
+            )),
+            _ = self.cancel.cancelled() => Err(self.err(attempt, ErrorKind::Fail, "task stopped")),
+        }
+    }
+
+    async fn attempt(&self, attempt: u32) -> Result<(), WorkerError> {
+        let have = tokio::fs::metadata(self.dest)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let mut req = self.client.get(self.url);
+        if have > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        }
+        let mut resp = self
+            .bounded(attempt, "waiting for response headers", req.send())
+            .await?
+            .map_err(|e| self.err(attempt, ErrorKind::Retry, describe(&e)))?;
+        let status = resp.status();
+        let append = match status.as_u16() {
+            200 => false,
+            206 if have > 0 => true,
+            416 if have > 0 => return Ok(()), // we already hold every byte
+            408 | 429 | 500..=599 => {
+                return Err(self.err(attempt, ErrorKind::Retry, format!("HTTP {status}")))
+            }
+            _ => return Err(self.err(attempt, ErrorKind::Fail, format!("HTTP {status}"))),
+        };
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(self.dest)
+            .await
+            .map_err(|e| self.err(attempt, ErrorKind::Fail, format!("cache file: {e}")))?;
+        while let Some(chunk) = self
+            .bounded(attempt, "reading body", resp.chunk())
+            .await?
+            .map_err(|e| self.err(attempt, ErrorKind::Retry, describe(&e)))?
+        {
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| self.err(attempt, ErrorKind::Fail, format!("cache file: {e}")))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| self.err(attempt, ErrorKind::Fail, format!("cache file: {e}")))?;
+        Ok(())
+    }
+}
+
+/// reqwest's Display names only the outermost layer; the cause chain says what happened.
+fn describe(e: &reqwest::Error) -> String {
+    let mut s = if e.is_connect() {
+        "connect failed".to_owned()
+    } else if e.is_body() {
+        "body interrupted".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    // The chain may quote the URL; keep secrets out of it.
+    s.replace(e.url().map(|u| u.as_str()).unwrap_or("\u{0}"), "<url>")
+}

@@ -1,0 +1,191 @@
+//! Sources: turns each item's URL into a local file that libavformat may open.
+//!
+//! libavformat never sees a network URL (DESIGN §5): `http(s)` sources are
+//! downloaded by our own client into the task's cache directory, `vod://NAME`
+//! is resolved inside the media root. Downloads of later items run while
+//! earlier ones play, and each URL is fetched once per task however often it loops.
+
+mod http;
+pub mod policy;
+
+use crate::config::Config;
+use crate::error::WorkerError;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+use vodfleet_proto::redact;
+
+type Slot = Arc<OnceCell<Result<PathBuf, Arc<WorkerError>>>>;
+
+pub struct Sources {
+    cfg: Config,
+    client: reqwest::Client,
+    task_id: String,
+    dir: PathBuf,
+    cancel: CancellationToken,
+    rt: tokio::runtime::Handle,
+    slots: Mutex<HashMap<String, Slot>>,
+}
+
+impl Sources {
+    pub fn new(
+        cfg: &Config,
+        task_id: &str,
+        cancel: CancellationToken,
+        rt: tokio::runtime::Handle,
+    ) -> std::io::Result<Arc<Sources>> {
+        let dir = cfg
+            .cache_dir
+            .join(format!("task-{}-{}", sanitize(task_id), std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Arc::new(Sources {
+            client: policy::http_client(cfg.allow_private_networks, cfg.source_timeout),
+            cfg: cfg.clone(),
+            task_id: task_id.to_owned(),
+            dir,
+            cancel,
+            rt,
+            slots: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The local file for `url`, downloading it first if needed.
+    pub async fn local(&self, url: &str) -> Result<PathBuf, Arc<WorkerError>> {
+        let slot = self
+            .slots
+            .lock()
+            .expect("sources lock")
+            .entry(url.to_owned())
+            .or_default()
+            .clone();
+        slot.get_or_init(|| async { self.resolve(url).await.map_err(Arc::new) })
+            .await
+            .clone()
+    }
+
+    /// Starts fetching `url` in the background so it is ready when its turn comes.
+    pub fn prefetch(self: &Arc<Self>, url: &str) {
+        let (me, url) = (self.clone(), url.to_owned());
+        self.rt.spawn(async move {
+            let _ = me.local(&url).await;
+        });
+    }
+
+    async fn resolve(&self, url: &str) -> Result<PathBuf, WorkerError> {
+        let parsed = url::Url::parse(url).map_err(|e| self.refuse(url, e.to_string()))?;
+        match parsed.scheme() {
+            "vod" => vod_path(&self.cfg.media_root, &url["vod://".len()..])
+                .map_err(|r| self.refuse(url, r)),
+            "http" | "https" => {
+                policy::check_url_host(&parsed, self.cfg.allow_private_networks)
+                    .map_err(|r| self.refuse(url, r))?;
+                let dest = self.dir.join(hex_digest(url));
+                http::Fetch {
+                    client: &self.client,
+                    cfg: &self.cfg,
+                    task_id: &self.task_id,
+                    url,
+                    dest: &dest,
+                    cancel: &self.cancel,
+                }
+                .run()
+                .await?;
+                Ok(dest)
+            }
+            other => Err(WorkerError::Unsupported {
+                task: self.task_id.clone(),
+                cause: format!(
+                    "{other}:// sources are not supported by this worker yet ({})",
+                    redact::source(url)
+                ),
+            }),
+        }
+    }
+
+    fn refuse(&self, url: &str, reason: String) -> WorkerError {
+        WorkerError::Policy {
+            task: self.task_id.clone(),
+            url: redact::source(url),
+            reason,
+        }
+    }
+}
+
+impl Drop for Sources {
+    fn drop(&mut self) {
+        // Downloads belong to the task: nothing is left behind when it ends.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `vod://NAME` → a regular file inside `root`, after symlinks are resolved.
+pub fn vod_path(root: &Path, name: &str) -> Result<PathBuf, String> {
+    let root = root
+        .canonicalize()
+        .map_err(|e| format!("media root {} is not usable: {e}", root.display()))?;
+    if name
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+        || name.contains('\\')
+    {
+        return Err("vod:// name must stay inside the media root".into());
+    }
+    let path = root
+        .join(name)
+        .canonicalize()
+        .map_err(|e| format!("vod://{name}: {e}"))?;
+    if !path.starts_with(&root) {
+        return Err(format!("vod://{name} leads outside the media root"));
+    }
+    if !path.is_file() {
+        return Err(format!("vod://{name} is not a regular file"));
+    }
+    Ok(path)
+}
+
+fn hex_digest(s: &str) -> String {
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn sanitize(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vod_paths_stay_inside_the_root() {
+        let root = std::env::temp_dir().join(format!("vodfleet-vod-test-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/a.mp4"), b"x").unwrap();
+        assert!(vod_path(&root, "sub/a.mp4").is_ok());
+        assert!(vod_path(&root, "../etc/passwd").is_err());
+        assert!(vod_path(&root, "sub/../../etc/passwd").is_err());
+        assert!(vod_path(&root, "missing.mp4").is_err());
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink("/etc/passwd", root.join("escape")).unwrap();
+            assert!(
+                vod_path(&root, "escape").is_err(),
+                "a symlink out of the root is refused"
+            );
+        }
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

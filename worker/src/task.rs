@@ -1,0 +1,569 @@
+//! One task's media pipeline, run on its own thread:
+//!
+//! source file → demux → (copy | decode → scale/fps → encode) → timeline →
+//! pacer → fan-out to every destination.
+//!
+//! The playlist is walked item by item (from `first_item`, `loop_count` times
+//! or forever), each item cut into its `relofftime` ranges. The first item that
+//! opens decides the output: its H.264/AAC/MP3 streams are copied when the task
+//! has no `fops`, otherwise they are encoded once with the task's settings.
+
+use crate::config::Config;
+use crate::destination::{Destination, StreamSetup};
+use crate::error::WorkerError;
+use crate::event::{Event, Events, TaskStatus};
+use crate::media::transcode::Transcoder;
+use crate::media::{self, CodecId, OutPacket, SharedParams};
+use crate::pacer::{Pacer, SystemClock};
+use crate::source::Sources;
+use crate::timeline::{Timeline, Track};
+use ffmpeg_next as ff;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
+use vodfleet_proto::command::{Cut, Range, SourceSpec};
+use vodfleet_proto::{redact, Position, TaskSpec};
+
+/// Orders for a running task.
+#[derive(Debug)]
+pub enum Control {
+    /// Stop now: destinations close at once.
+    Stop,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Finished,
+    Stopped,
+    Failed(WorkerError),
+}
+
+pub struct Task {
+    pub spec: TaskSpec,
+    pub cfg: Config,
+    pub sources: Arc<Sources>,
+    pub rt: tokio::runtime::Handle,
+    pub events: Events,
+    pub status: Arc<TaskStatus>,
+    pub control: Receiver<Control>,
+}
+
+/// Why a segment or item stopped early.
+enum Halt {
+    Stop,
+    Fail(WorkerError),
+}
+
+/// What is produced once the first item is open: the output and its consumers.
+struct Output {
+    mode: Mode,
+    setup: StreamSetup,
+    /// Current codec configuration per track (changes at unlike seams in copy mode).
+    config: [Option<Arc<Vec<u8>>>; 2],
+    timeline: Timeline,
+    pacer: Pacer<SystemClock>,
+    dests: Vec<Destination>,
+}
+
+enum Mode {
+    Copy,
+    Transcode(Box<Transcoder>),
+}
+
+impl Task {
+    pub fn run(mut self) -> Outcome {
+        let n = self.spec.sources.len();
+        let mut item = self.spec.first_item.min(n.saturating_sub(1));
+        let mut pass: u32 = 0;
+        let mut out: Option<Output> = None;
+        let mut played_this_pass = false;
+        let mut last_error: Option<WorkerError> = None;
+        let outcome = loop {
+            if self.spec.loop_count > 0 && pass >= self.spec.loop_count {
+                break Outcome::Finished;
+            }
+            let spec = self.spec.sources[item].clone();
+            let next = &self.spec.sources[(item + 1) % n];
+            self.sources.prefetch(&next.url);
+            let _ = self.events.send(Event::ItemStarted {
+                item,
+                loop_index: pass,
+                source: redact::source(&spec.url),
+            });
+            match self.play_item(&mut out, item, pass, &spec) {
+                Ok(()) => played_this_pass = true,
+                Err(Halt::Stop) => break Outcome::Stopped,
+                Err(Halt::Fail(e)) => {
+                    if matches!(e, WorkerError::AllDestinationsFailed { .. }) {
+                        break Outcome::Failed(e);
+                    }
+                    tracing::warn!(task.id = %self.spec.id, item, error = %e, "item failed; going on with the next");
+                    let _ = self.events.send(Event::ItemFailed {
+                        item,
+                        loop_index: pass,
+                        source: redact::source(&spec.url),
+                        error: e.to_string(),
+                    });
+                    last_error = Some(e);
+                }
+            }
+            item += 1;
+            if item == n {
+                item = 0;
+                pass += 1;
+                if !played_this_pass {
+                    // A whole pass without a single playable item: nothing will ever play.
+                    break Outcome::Failed(last_error.take().expect("a failed pass has an error"));
+                }
+                played_this_pass = false;
+            }
+        };
+        if let Some(mut o) = out {
+            if let (Outcome::Finished, Mode::Transcode(t)) = (&outcome, &mut o.mode) {
+                // Encoders hold a few frames; send them before closing.
+                let pkts = t.flush();
+                let _ = self.send_all(&mut o, pkts);
+            }
+            let drain = matches!(outcome, Outcome::Finished);
+            for d in o.dests {
+                d.close(drain);
+            }
+        }
+        outcome
+    }
+
+    fn play_item(
+        &mut self,
+        out: &mut Option<Output>,
+        item: usize,
+        pass: u32,
+        spec: &SourceSpec,
+    ) -> Result<(), Halt> {
+        let task_id = self.spec.id.clone();
+        let media_err = |offset_ms: u64, cause: String| {
+            Halt::Fail(WorkerError::Media {
+                task: task_id.clone(),
+                item,
+                url: redact::source(&spec.url),
+                offset_ms,
+                cause,
+            })
+        };
+        let path = self
+            .rt
+            .block_on(self.sources.local(&spec.url))
+            .map_err(|e| match Arc::try_unwrap(e) {
+                Ok(e) => Halt::Fail(e),
+                Err(shared) => Halt::Fail(WorkerError::Unsupported {
+                    task: self.spec.id.clone(),
+                    cause: shared.to_string(),
+                }),
+            })?;
+        if self.control_pending()? {
+            return Err(Halt::Stop);
+        }
+        let mut input =
+            media::open_input(&path).map_err(|e| media_err(0, format!("cannot open: {e}")))?;
+        let video = input
+            .streams()
+            .best(ff::media::Type::Video)
+            .map(|s| s.index());
+        let audio = input
+            .streams()
+            .best(ff::media::Type::Audio)
+            .map(|s| s.index());
+        if video.is_none() && audio.is_none() {
+            return Err(media_err(0, "no audio or video stream".into()));
+        }
+        if out.is_none() {
+            *out = Some(
+                self.open_output(&input, video, audio)
+                    .map_err(|c| media_err(0, c))?,
+            );
+        }
+        let o = out.as_mut().expect("output is open");
+        let (video, audio) = match &mut o.mode {
+            Mode::Copy => copy_streams(&input, video, audio, o).map_err(|c| media_err(0, c))?,
+            Mode::Transcode(t) => {
+                t.open_item(&input, video, audio)
+                    .map_err(|c| media_err(0, c))?;
+                (video, audio)
+            }
+        };
+        // SAFETY: reading a plain field of the format context `input` owns.
+        let start_time = match unsafe { (*input.as_ptr()).start_time } {
+            ff::ffi::AV_NOPTS_VALUE => 0,
+            t => t, // AV_TIME_BASE = µs
+        };
+        let ranges: Vec<Range> = match &spec.cut {
+            Cut::Whole => vec![Range {
+                start_ms: 0,
+                end_ms: u64::MAX / 2000,
+            }],
+            Cut::Relative(r) => r.clone(),
+            Cut::Absolute(_) => return Err(media_err(
+                0,
+                "absofftime needs the recording's start time, which this worker cannot read yet"
+                    .into(),
+            )),
+        };
+        for r in ranges {
+            let seg = Segment {
+                start: start_time + r.start_ms as i64 * 1000,
+                end: start_time.saturating_add((r.end_ms as i64).saturating_mul(1000)),
+                origin: start_time,
+                item,
+                pass,
+                video,
+                audio,
+            };
+            if r.start_ms > 0 {
+                // The keyframe at or before the cut: copy mode starts there, transcode mode decodes from there.
+                input
+                    .seek(seg.start, ..seg.start + 1)
+                    .map_err(|e| media_err(r.start_ms, format!("seek failed: {e}")))?;
+            }
+            self.play_segment(&mut input, o, &seg)
+                .map_err(|h| match h {
+                    Halt::Fail(WorkerError::Media { cause, .. }) => media_err(r.start_ms, cause),
+                    other => other,
+                })?;
+        }
+        Ok(())
+    }
+
+    fn open_output(
+        &self,
+        input: &ff::format::context::Input,
+        video: Option<usize>,
+        audio: Option<usize>,
+    ) -> Result<Output, String> {
+        let wants_transcode = self.spec.transcode.is_some()
+            || self.spec.sources.iter().any(|s| s.watermark.is_some());
+        if self.spec.sources.iter().any(|s| s.watermark.is_some()) {
+            return Err("watermarks are not supported by this worker yet".into());
+        }
+        let params = |i: Option<usize>| i.and_then(|i| input.stream(i)).map(|s| s.parameters());
+        let copyable = params(video).is_none_or(|p| p.id() == CodecId::H264)
+            && params(audio).is_none_or(|p| matches!(p.id(), CodecId::AAC | CodecId::MP3));
+        let (mode, setup) = if wants_transcode || !copyable {
+            let settings =
+                self.spec
+                    .transcode
+                    .clone()
+                    .unwrap_or(vodfleet_proto::command::Transcode {
+                        width: None,
+                        height: None,
+                        fps: None,
+                        video_kbps: None,
+                        vcodec: vodfleet_proto::command::VideoCodec::H264,
+                        acodec: vodfleet_proto::command::AudioCodec::Aac,
+                    });
+            let t = Transcoder::new(input, video, audio, &settings)?;
+            let setup = t.setup();
+            (Mode::Transcode(Box::new(t)), setup)
+        } else {
+            let setup = StreamSetup {
+                video: params(video).map(SharedParams),
+                audio: params(audio).map(SharedParams),
+            };
+            (Mode::Copy, setup)
+        };
+        let config = [
+            setup
+                .video
+                .as_ref()
+                .map(|p| Arc::new(p.extradata().to_vec())),
+            setup
+                .audio
+                .as_ref()
+                .map(|p| Arc::new(p.extradata().to_vec())),
+        ];
+        let _ = self.events.send(Event::TaskStarted {
+            task_id: self.spec.id.clone(),
+            mode: if matches!(mode, Mode::Copy) {
+                "copy"
+            } else {
+                "transcode"
+            },
+        });
+        let dests = self
+            .spec
+            .forwards
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                Destination::spawn(i, &f.url, setup.clone(), &self.cfg, self.events.clone())
+            })
+            .collect::<Vec<Destination>>();
+        *self.status.destinations.lock().expect("status lock") =
+            dests.iter().map(|d| d.status.clone()).collect();
+        Ok(Output {
+            mode,
+            setup,
+            config,
+            timeline: Timeline::new(),
+            pacer: Pacer::new(SystemClock, self.cfg.initial_burst),
+            dests,
+        })
+    }
+
+    /// Plays one range of one item.
+    fn play_segment(
+        &mut self,
+        input: &mut ff::format::context::Input,
+        o: &mut Output,
+        seg: &Segment,
+    ) -> Result<(), Halt> {
+        let tbs: Vec<ff::Rational> = input.streams().map(|s| s.time_base()).collect();
+        let mut pending: Vec<(Track, ff::Packet, i64, i64, i64)> = Vec::new();
+        let mut begun = false;
+        // Audio before the segment's first keyframe would play before its picture exists.
+        let mut floor = i64::MIN;
+        let (mut video_done, mut audio_done) = (seg.video.is_none(), seg.audio.is_none());
+        let transcoding = matches!(o.mode, Mode::Transcode(_));
+        if transcoding {
+            // Decoding starts at the keyframe before the cut; frames before the cut are
+            // decoded but dropped, so the output starts exactly at the cut.
+            o.timeline.begin(seg.start, seg.start);
+            begun = true;
+        }
+        for (stream, packet) in input.packets() {
+            if self.control_pending()? {
+                return Err(Halt::Stop);
+            }
+            let idx = stream.index();
+            let track = if Some(idx) == seg.video {
+                Track::Video
+            } else if Some(idx) == seg.audio {
+                Track::Audio
+            } else {
+                continue;
+            };
+            let tb = tbs[idx];
+            let us = |v: i64| v * 1_000_000 * tb.0 as i64 / tb.1 as i64;
+            let Some(dts) = packet.dts().or(packet.pts()).map(us) else {
+                continue;
+            };
+            let pts = packet.pts().map(us).unwrap_or(dts);
+            let dur = us(packet.duration());
+
+            if let Mode::Transcode(t) = &mut o.mode {
+                if dts >= seg.end + 1_000_000 {
+                    // Well past the cut (decoder delay included): this segment is done.
+                    break;
+                }
+                let frames_out = t
+                    .decode(track, &packet, seg, &mut o.timeline)
+                    .map_err(|c| self.seg_err(seg, pts, c))?;
+                self.send_all(o, frames_out)?;
+                continue;
+            }
+
+            // Copy mode.
+            match track {
+                Track::Video => {
+                    if !begun {
+                        if !packet.is_key() {
+                            continue;
+                        }
+                        // The segment starts at its first keyframe; queued audio from before it is dropped.
+                        o.timeline.begin(pts, dts.min(pts));
+                        begun = true;
+                        floor = pts;
+                        let start = pts;
+                        for (t, p, ppts, pdts, pdur) in std::mem::take(&mut pending) {
+                            if ppts >= start && ppts < seg.end {
+                                self.emit(o, t, p, ppts, pdts, pdur, seg)?;
+                            }
+                        }
+                    }
+                    if dts >= seg.end {
+                        // Cut in decode order: everything kept still decodes (no B-frame loses its reference).
+                        video_done = true;
+                    } else {
+                        self.emit(o, track, packet, pts, dts, dur, seg)?;
+                    }
+                }
+                Track::Audio => {
+                    if !begun {
+                        if seg.video.is_some() {
+                            if pending.len() >= 256 {
+                                pending.remove(0);
+                            }
+                            pending.push((track, packet, pts, dts, dur));
+                            continue;
+                        }
+                        o.timeline.begin(pts.max(seg.start), dts.min(pts));
+                        begun = true;
+                    }
+                    if pts >= seg.end {
+                        audio_done = true;
+                    } else if pts >= floor {
+                        self.emit(o, track, packet, pts, dts, dur, seg)?;
+                    }
+                }
+            }
+            if video_done && audio_done {
+                break;
+            }
+        }
+        if let Mode::Transcode(t) = &mut o.mode {
+            let pkts = t
+                .end_segment(seg, &mut o.timeline)
+                .map_err(|c| self.seg_err(seg, seg.start, c))?;
+            self.send_all(o, pkts)?;
+        }
+        Ok(())
+    }
+
+    fn seg_err(&self, seg: &Segment, pts: i64, cause: String) -> Halt {
+        Halt::Fail(WorkerError::Media {
+            task: self.spec.id.clone(),
+            item: seg.item,
+            url: redact::source(&self.spec.sources[seg.item].url),
+            offset_ms: ((pts - seg.origin).max(0) / 1000) as u64,
+            cause,
+        })
+    }
+
+    /// Places a demuxed packet on the timeline and sends it (copy mode).
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &mut self,
+        o: &mut Output,
+        track: Track,
+        packet: ff::Packet,
+        pts: i64,
+        dts: i64,
+        dur: i64,
+        seg: &Segment,
+    ) -> Result<(), Halt> {
+        let key = packet.is_key();
+        let (opts, odts) = o.timeline.place(track, pts, dts, dur);
+        let out = OutPacket {
+            packet,
+            track,
+            key,
+            pts_us: opts,
+            dts_us: odts,
+            config: o.config[track as usize].clone(),
+        };
+        self.update_position(seg, pts, odts);
+        self.send(o, out)
+    }
+
+    /// Sends packets that are already on the output timeline (transcode mode).
+    fn send_all(&mut self, o: &mut Output, pkts: Vec<OutPacket>) -> Result<(), Halt> {
+        for p in pkts {
+            self.status
+                .position
+                .lock()
+                .expect("position lock")
+                .timeline_ms = (p.dts_us / 1000).max(0) as u64;
+            self.send(o, p)?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, o: &mut Output, mut p: OutPacket) -> Result<(), Halt> {
+        if p.config.is_none() {
+            p.config = o.config[p.track as usize].clone();
+        }
+        let deadline = o.pacer.deadline(p.dts_us);
+        loop {
+            let now = o.pacer.now();
+            if now >= deadline {
+                break;
+            }
+            // The only wait in the pipeline: it ends at the deadline or on a control message.
+            match self.control.recv_timeout(deadline - now) {
+                Ok(Control::Stop) => return Err(Halt::Stop),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return Err(Halt::Stop),
+            }
+        }
+        self.status
+            .set_lag(o.pacer.lag(p.dts_us).as_millis() as u64);
+        let p = Arc::new(p);
+        for d in &mut o.dests {
+            d.offer(&p);
+        }
+        if o.dests.iter().all(|d| !d.alive()) {
+            return Err(Halt::Fail(WorkerError::AllDestinationsFailed {
+                task: self.spec.id.clone(),
+            }));
+        }
+        Ok(())
+    }
+
+    fn update_position(&self, seg: &Segment, src_pts: i64, out_dts: i64) {
+        let mut p = self.status.position.lock().expect("position lock");
+        *p = Position {
+            item: seg.item,
+            loop_index: seg.pass,
+            offset_ms: ((src_pts - seg.origin).max(0) / 1000) as u64,
+            timeline_ms: (out_dts / 1000).max(0) as u64,
+        };
+    }
+
+    /// Handles control messages without waiting; `Ok(true)` means stop.
+    fn control_pending(&self) -> Result<bool, Halt> {
+        match self.control.try_recv() {
+            Ok(Control::Stop) | Err(TryRecvError::Disconnected) => Ok(true),
+            Err(TryRecvError::Empty) => Ok(false),
+        }
+    }
+}
+
+/// One contiguous range of one item, in source microseconds.
+pub struct Segment {
+    pub start: i64,
+    pub end: i64,
+    /// The item's own zero (its container start time).
+    pub origin: i64,
+    pub item: usize,
+    pub pass: u32,
+    pub video: Option<usize>,
+    pub audio: Option<usize>,
+}
+
+/// Checks that an item can be copied into the task's output, and notes a new
+/// codec configuration when it differs from the previous item's.
+fn copy_streams(
+    input: &ff::format::context::Input,
+    video: Option<usize>,
+    audio: Option<usize>,
+    o: &mut Output,
+) -> Result<(Option<usize>, Option<usize>), String> {
+    let mut keep = |idx: Option<usize>,
+                    want: Option<&SharedParams>,
+                    slot: usize,
+                    what: &str|
+     -> Result<Option<usize>, String> {
+        let (Some(i), Some(want)) = (idx, want) else {
+            return Ok(None);
+        };
+        let p = input
+            .stream(i)
+            .expect("stream index from this input")
+            .parameters();
+        if p.id() != want.codec_id() {
+            return Err(format!(
+                "{what} codec {:?} differs from the stream's {:?}; add fops to transcode mixed playlists",
+                p.id(),
+                want.codec_id()
+            ));
+        }
+        let extra = SharedParams(p).extradata().to_vec();
+        if o.config[slot].as_deref() != Some(&extra) {
+            o.config[slot] = Some(Arc::new(extra));
+        }
+        Ok(Some(i))
+    };
+    let v = keep(video, o.setup.video.as_ref(), 0, "video")?;
+    let a = keep(audio, o.setup.audio.as_ref(), 1, "audio")?;
+    if v.is_none() && a.is_none() {
+        return Err("no stream this task's output can carry".into());
+    }
+    Ok((v, a))
+}

@@ -1,0 +1,178 @@
+//! One continuous output timeline per task (DESIGN §5).
+//!
+//! A task plays *segments*: an item, or one range of an item's `relofftime`,
+//! on every loop. Each segment's source timestamps are moved so that the
+//! segment starts where the previous one ended; a destination therefore sees
+//! timestamps that only grow, across files, cuts and loops, in one RTMP session.
+//!
+//! All values are microseconds. `src_start` is the source time that maps to the
+//! segment's first output instant: the first keyframe's PTS in copy mode, the
+//! cut point in transcode mode.
+
+/// Which output stream a timestamp belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Track {
+    Video = 0,
+    Audio = 1,
+}
+
+#[derive(Debug, Default)]
+pub struct Timeline {
+    /// Output time of the current segment's start.
+    offset: i64,
+    /// Source time that maps to `offset`.
+    src_start: i64,
+    /// Latest end (pts + duration) seen per track in this segment, in source time.
+    end: [Option<i64>; 2],
+    /// Last DTS handed out per track, in output time.
+    last_dts: [Option<i64>; 2],
+    started: bool,
+}
+
+impl Timeline {
+    pub fn new() -> Timeline {
+        Timeline::default()
+    }
+
+    /// Starts a segment whose presentation begins at source time `src_start`.
+    /// `first_dts` is the earliest DTS the segment will emit (below `src_start`
+    /// when B-frames delay decoding); the very first segment is shifted by that
+    /// much so no output timestamp is negative.
+    pub fn begin(&mut self, src_start: i64, first_dts: i64) {
+        if self.started {
+            self.offset += self.segment_duration();
+        } else {
+            self.offset = (src_start - first_dts).max(0);
+            self.started = true;
+        }
+        self.src_start = src_start;
+        self.end = [None, None];
+    }
+
+    /// Length of the current segment so far: up to the end of its video (which
+    /// carries the frame cadence), or of its audio when there is no video; never
+    /// shorter than the audio already emitted, so audio never goes back at a seam.
+    pub fn segment_duration(&self) -> i64 {
+        let v = self.end[Track::Video as usize];
+        let a = self.end[Track::Audio as usize];
+        let end = match (v, a) {
+            (Some(v), Some(a)) => v.max(a - AUDIO_OVERHANG_US),
+            (Some(v), None) => v,
+            (None, Some(a)) => a,
+            (None, None) => self.src_start,
+        };
+        (end - self.src_start).max(0)
+    }
+
+    /// Output time of the current segment's start.
+    #[cfg(test)]
+    pub fn segment_offset(&self) -> i64 {
+        self.offset
+    }
+
+    /// Output time reached so far (end of what has been placed).
+    pub fn reached(&self) -> i64 {
+        self.offset + self.segment_duration()
+    }
+
+    /// Maps a packet (or frame, with `dts == pts`) onto the output timeline.
+    /// Returns `(pts, dts)`; DTS strictly grows per track and PTS is never below DTS.
+    pub fn place(&mut self, track: Track, pts: i64, dts: i64, duration: i64) -> (i64, i64) {
+        let t = track as usize;
+        let end = pts + duration.max(0);
+        self.end[t] = Some(self.end[t].map_or(end, |e| e.max(end)));
+        let mut out_dts = self.offset + (dts - self.src_start);
+        let mut out_pts = self.offset + (pts - self.src_start);
+        if let Some(last) = self.last_dts[t] {
+            if out_dts <= last {
+                // Only at a seam whose B-frame delay differs from the last item's,
+                // or with a broken source: nudge forward rather than go back.
+                out_dts = last + 1;
+            }
+        }
+        out_dts = out_dts.max(0);
+        out_pts = out_pts.max(out_dts);
+        self.last_dts[t] = Some(out_dts);
+        (out_pts, out_dts)
+    }
+}
+
+/// Audio frames rarely end exactly with the video (an AAC frame is ~23 ms);
+/// a tail shorter than this does not lengthen the segment, so seams stay
+/// within one audio frame instead of drifting by one per item.
+const AUDIO_OVERHANG_US: i64 = 30_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const F: i64 = 40_000; // one frame at 25 fps
+
+    /// Plays `frames` video frames with two B-frames of delay (DTS two frames
+    /// behind PTS) starting at source time `start`.
+    fn play(tl: &mut Timeline, start: i64, frames: i64) -> Vec<(i64, i64)> {
+        tl.begin(start, start - 2 * F);
+        (0..frames)
+            .map(|i| tl.place(Track::Video, start + i * F, start + (i - 2) * F, F))
+            .collect()
+    }
+
+    #[test]
+    fn seams_continue_the_timeline_without_gaps_or_going_back() {
+        let mut tl = Timeline::new();
+        let a = play(&mut tl, 0, 50); // 2 s item
+        let b = play(&mut tl, 5_000_000, 25); // a cut starting at 5 s in another item
+        let c = play(&mut tl, 0, 50); // loop back to the first item
+        let all: Vec<_> = a.iter().chain(&b).chain(&c).collect();
+        assert_eq!(
+            all[0],
+            &(2 * F, 0),
+            "first output DTS is zero, PTS carries the B-frame delay"
+        );
+        for w in all.windows(2) {
+            assert!(w[1].1 > w[0].1, "DTS must grow: {:?} then {:?}", w[0], w[1]);
+            assert_eq!(
+                w[1].0 - w[0].0,
+                F,
+                "PTS advances by exactly one frame, seams included"
+            );
+        }
+        assert_eq!(tl.reached(), 2 * F + (50 + 25 + 50) * F);
+    }
+
+    #[test]
+    fn audio_tail_shorter_than_a_frame_does_not_drift() {
+        let mut tl = Timeline::new();
+        for _ in 0..10 {
+            tl.begin(0, 0);
+            tl.place(Track::Video, 0, 0, 2_000_000);
+            // Audio ends 21 ms after the video, as AAC padding does.
+            tl.place(Track::Audio, 1_998_000, 1_998_000, 23_000);
+        }
+        assert_eq!(
+            tl.reached(),
+            10 * 2_000_000,
+            "ten 2 s items last exactly 20 s"
+        );
+    }
+
+    #[test]
+    fn audio_never_goes_back_at_a_seam() {
+        let mut tl = Timeline::new();
+        tl.begin(0, 0);
+        tl.place(Track::Video, 0, 0, 1_000_000);
+        let (_, a1) = tl.place(Track::Audio, 990_000, 990_000, 23_000);
+        tl.begin(0, 0);
+        let (_, a2) = tl.place(Track::Audio, 0, 0, 23_000);
+        assert!(a2 > a1);
+    }
+
+    #[test]
+    fn audio_only_segments_use_the_audio_end() {
+        let mut tl = Timeline::new();
+        tl.begin(0, 0);
+        tl.place(Track::Audio, 0, 0, 500_000);
+        tl.begin(0, 0);
+        assert_eq!(tl.segment_offset(), 500_000);
+    }
+}
