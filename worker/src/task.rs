@@ -319,6 +319,9 @@ impl Task {
         let mut begun = false;
         // Audio before the segment's first keyframe would play before its picture exists.
         let mut floor = i64::MIN;
+        // Copy mode: where the video stopped (source PTS) and audio held past the cut.
+        let mut video_stop = i64::MAX;
+        let mut tail: Vec<(Track, ff::Packet, i64, i64, i64)> = Vec::new();
         let (mut video_done, mut audio_done) = (seg.video.is_none(), seg.audio.is_none());
         let transcoding = matches!(o.mode, Mode::Transcode(_));
         if transcoding {
@@ -348,7 +351,7 @@ impl Task {
             let dur = us(packet.duration());
 
             if let Mode::Transcode(t) = &mut o.mode {
-                if dts >= seg.end + 1_000_000 {
+                if dts >= seg.end.saturating_add(1_000_000) {
                     // Well past the cut (decoder delay included): this segment is done.
                     break;
                 }
@@ -377,9 +380,21 @@ impl Task {
                             }
                         }
                     }
-                    if dts >= seg.end {
-                        // Cut in decode order: everything kept still decodes (no B-frame loses its reference).
+                    if video_done {
+                        continue;
+                    }
+                    if pts >= seg.end && packet.is_key() {
+                        // The range ends just before the first keyframe at or after the cut: every
+                        // frame kept decodes, and none is missing in presentation order.
                         video_done = true;
+                        video_stop = pts;
+                        for (t, p, ppts, pdts, pdur) in std::mem::take(&mut tail) {
+                            if ppts < video_stop {
+                                self.emit(o, t, p, ppts, pdts, pdur, seg)?;
+                            } else {
+                                audio_done = true;
+                            }
+                        }
                     } else {
                         self.emit(o, track, packet, pts, dts, dur, seg)?;
                     }
@@ -387,7 +402,7 @@ impl Task {
                 Track::Audio => {
                     if !begun {
                         if seg.video.is_some() {
-                            if pending.len() >= 256 {
+                            if pending.len() >= HOLD_LIMIT {
                                 pending.remove(0);
                             }
                             pending.push((track, packet, pts, dts, dur));
@@ -396,9 +411,24 @@ impl Task {
                         o.timeline.begin(pts.max(seg.start), dts.min(pts));
                         begun = true;
                     }
-                    if pts >= seg.end {
+                    if audio_done || pts < floor {
+                        continue;
+                    }
+                    let stop = if seg.video.is_some() {
+                        video_stop
+                    } else {
+                        seg.end
+                    };
+                    if pts >= stop {
                         audio_done = true;
-                    } else if pts >= floor {
+                    } else if pts >= seg.end && !video_done {
+                        // Past the cut, but the video runs on to its next keyframe: hold
+                        // the audio until we know where the picture stops.
+                        if tail.len() >= HOLD_LIMIT {
+                            tail.remove(0);
+                        }
+                        tail.push((track, packet, pts, dts, dur));
+                    } else {
                         self.emit(o, track, packet, pts, dts, dur, seg)?;
                     }
                 }
@@ -406,6 +436,10 @@ impl Task {
             if video_done && audio_done {
                 break;
             }
+        }
+        // The file ended before a keyframe past the cut: the held audio belongs to the picture.
+        for (t, p, ppts, pdts, pdur) in std::mem::take(&mut tail) {
+            self.emit(o, t, p, ppts, pdts, pdur, seg)?;
         }
         if let Mode::Transcode(t) = &mut o.mode {
             let pkts = t
@@ -514,6 +548,9 @@ impl Task {
         }
     }
 }
+
+/// Packets held while waiting for a keyframe (bounded: a broken file cannot grow it).
+const HOLD_LIMIT: usize = 1024;
 
 /// One contiguous range of one item, in source microseconds.
 pub struct Segment {
