@@ -13,7 +13,7 @@ pub enum ErrorKind {
     Reject,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum WorkerError {
     #[error("task file: {0}")]
     Input(#[from] FieldError),

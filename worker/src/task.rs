@@ -151,13 +151,7 @@ impl Task {
         let path = self
             .rt
             .block_on(self.sources.local(&spec.url))
-            .map_err(|e| match Arc::try_unwrap(e) {
-                Ok(e) => Halt::Fail(e),
-                Err(shared) => Halt::Fail(WorkerError::Unsupported {
-                    task: self.spec.id.clone(),
-                    cause: shared.to_string(),
-                }),
-            })?;
+            .map_err(|e| Halt::Fail((*e).clone()))?;
         if self.control_pending()? {
             return Err(Halt::Stop);
         }
