@@ -114,10 +114,16 @@ pub enum ProgressStyle {
     None,
 }
 
-pub fn print(style: ProgressStyle, e: &Event) {
+/// Prints one event of task `task_id` (every JSON line carries the task's id).
+pub fn print(style: ProgressStyle, task_id: &str, e: &Event) {
+    let json = || {
+        let mut v = serde_json::to_value(e).expect("events serialise");
+        v["task_id"] = task_id.into();
+        v.to_string()
+    };
     match style {
         ProgressStyle::None => {}
-        ProgressStyle::Json => println!("{}", serde_json::to_string(e).expect("events serialise")),
+        ProgressStyle::Json => println!("{}", json()),
         ProgressStyle::Tty => match e {
             Event::Progress {
                 item,
@@ -133,7 +139,7 @@ pub fn print(style: ProgressStyle, e: &Event) {
                     .collect();
                 // One line rewritten in place: a live view rather than a scrolling log.
                 print!(
-                    "\r\x1b[Kitem {} loop {} at {} | timeline {} | lag {} ms | {}",
+                    "\r\x1b[K{task_id}: item {} loop {} at {} | timeline {} | lag {} ms | {}",
                     item + 1,
                     loop_index + 1,
                     clock(*offset_ms),

@@ -36,8 +36,9 @@ struct Cli {
 enum Command {
     /// Play one task (a seed-001 `list[]` entry in a JSON file) until it ends or Ctrl-C.
     Play {
-        /// Path of the task JSON.
-        task: PathBuf,
+        /// Path of the task JSON; several run side by side in this process.
+        #[arg(required = true)]
+        tasks: Vec<PathBuf>,
         /// How to show progress on stdout.
         #[arg(long, value_enum, default_value = "tty")]
         progress: ProgressStyle,
@@ -53,12 +54,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Play { task, progress } => play(task, progress),
+        Command::Play { tasks, progress } => play(tasks, progress),
     }
 }
 
-/// Exit codes: 0 finished or stopped, 1 failed, 2 bad input or configuration.
-fn play(path: PathBuf, style: ProgressStyle) -> ExitCode {
+/// Exit codes: 0 finished or stopped, 1 a task failed, 2 bad input or configuration.
+/// Several task files run side by side in this one process, as a worker runs them.
+fn play(paths: Vec<PathBuf>, style: ProgressStyle) -> ExitCode {
     let cfg = match config::Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -66,22 +68,38 @@ fn play(path: PathBuf, style: ProgressStyle) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let body = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("cannot read task file {}: {e}", path.display());
-            return ExitCode::from(2);
+    // Every file is checked before anything starts: a bad one changes nothing.
+    let mut specs = Vec::new();
+    for path in &paths {
+        let parsed = std::fs::read(path)
+            .map_err(|e| format!("cannot read task file {}: {e}", path.display()))
+            .and_then(|body| {
+                vodfleet_proto::parse_task_entry(&body)
+                    .map_err(|e| format!("invalid task file {}: {e}", path.display()))
+            });
+        match parsed {
+            Ok((spec, warnings)) => {
+                for w in &warnings {
+                    tracing::warn!(task.id = %spec.id, field = %w.field, "{}", w.message);
+                }
+                if specs
+                    .iter()
+                    .any(|s: &vodfleet_proto::TaskSpec| s.id == spec.id)
+                {
+                    eprintln!(
+                        "invalid task file {}: id: task id {:?} is given twice",
+                        path.display(),
+                        spec.id
+                    );
+                    return ExitCode::from(2);
+                }
+                specs.push(spec);
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
         }
-    };
-    let (spec, warnings) = match vodfleet_proto::parse_task_entry(&body) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("invalid task file {}: {e}", path.display());
-            return ExitCode::from(2);
-        }
-    };
-    for w in &warnings {
-        tracing::warn!(task.id = %spec.id, field = %w.field, "{}", w.message);
     }
     media::init();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -90,77 +108,81 @@ fn play(path: PathBuf, style: ProgressStyle) -> ExitCode {
         .build()
         .expect("tokio runtime");
     let cancel = CancellationToken::new();
-    let sources = match source::Sources::new(&cfg, &spec.id, cancel.clone(), rt.handle().clone()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("cache directory {}: {e}", cfg.cache_dir.display());
-            return ExitCode::from(2);
-        }
-    };
-    let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
-    let status = Arc::new(TaskStatus::default());
-    let (control, control_rx) = std::sync::mpsc::channel();
-
-    let reporter = rt.spawn(async move {
-        while let Some(e) = events_rx.recv().await {
-            event::print(style, &e);
-        }
-    });
-    let ticker = rt.spawn(progress_ticker(status.clone(), events.clone()));
-    {
-        let (cancel, control) = (cancel.clone(), control.clone());
-        rt.spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("stopping; a second signal exits at once");
-            cancel.cancel();
-            let _ = control.send(task::Control::Stop);
-            wait_for_signal().await;
-            std::process::exit(130);
-        });
+    let mut controls = Vec::new();
+    let mut running = Vec::new();
+    for spec in specs {
+        let sources =
+            match source::Sources::new(&cfg, &spec.id, cancel.clone(), rt.handle().clone()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("cache directory {}: {e}", cfg.cache_dir.display());
+                    return ExitCode::from(2);
+                }
+            };
+        let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+        let status = Arc::new(TaskStatus::default());
+        let (control, control_rx) = std::sync::mpsc::channel();
+        controls.push(control);
+        let id = spec.id.clone();
+        let reporter = {
+            let id = id.clone();
+            rt.spawn(async move {
+                while let Some(e) = events_rx.recv().await {
+                    event::print(style, &id, &e);
+                }
+            })
+        };
+        let ticker = rt.spawn(progress_ticker(status.clone(), events.clone()));
+        let t = task::Task {
+            spec,
+            cfg: cfg.clone(),
+            sources,
+            rt: rt.handle().clone(),
+            events: events.clone(),
+            status: status.clone(),
+            control: control_rx,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("task-{id}"))
+            .spawn(move || t.run())
+            .expect("spawning a task thread");
+        running.push((id, thread, events, status, reporter, ticker));
     }
+    rt.spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping; a second signal exits at once");
+        cancel.cancel();
+        for c in &controls {
+            let _ = c.send(task::Control::Stop);
+        }
+        wait_for_signal().await;
+        std::process::exit(130);
+    });
 
-    let id = spec.id.clone();
-    let t = task::Task {
-        spec,
-        cfg,
-        sources,
-        rt: rt.handle().clone(),
-        events: events.clone(),
-        status: status.clone(),
-        control: control_rx,
-    };
-    let outcome = std::thread::Builder::new()
-        .name(format!("task-{id}"))
-        .spawn(move || t.run())
-        .expect("spawning the task thread")
-        .join()
-        .unwrap_or_else(|_| {
+    let mut code = ExitCode::SUCCESS;
+    for (id, thread, events, status, reporter, ticker) in running {
+        let outcome = thread.join().unwrap_or_else(|_| {
             task::Outcome::Failed(error::WorkerError::Unsupported {
                 task: id.clone(),
                 cause: "media thread panicked".into(),
             })
         });
-    ticker.abort();
-    let timeline_ms = status.position().timeline_ms;
-    let code = match outcome {
-        task::Outcome::Finished => {
-            let _ = events.send(Event::TaskFinished { timeline_ms });
-            ExitCode::SUCCESS
-        }
-        task::Outcome::Stopped => {
-            let _ = events.send(Event::TaskStopped { timeline_ms });
-            ExitCode::SUCCESS
-        }
-        task::Outcome::Failed(e) => {
-            tracing::error!(task.id = %id, error = %e, "task failed");
-            let _ = events.send(Event::TaskFailed {
-                error: e.to_string(),
-            });
-            ExitCode::from(1)
-        }
-    };
-    drop(events);
-    let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), reporter).await });
+        ticker.abort();
+        let timeline_ms = status.position().timeline_ms;
+        let _ = events.send(match outcome {
+            task::Outcome::Finished => Event::TaskFinished { timeline_ms },
+            task::Outcome::Stopped => Event::TaskStopped { timeline_ms },
+            task::Outcome::Failed(e) => {
+                tracing::error!(task.id = %id, error = %e, "task failed");
+                code = ExitCode::from(1);
+                Event::TaskFailed {
+                    error: e.to_string(),
+                }
+            }
+        });
+        drop(events);
+        let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), reporter).await });
+    }
     if style == ProgressStyle::Tty {
         println!();
     }
