@@ -11,11 +11,17 @@ fn main() -> anyhow::Result<()> {
     std::io::stdin().read_to_end(&mut body)?;
     match vodfleet_proto::parse_command(&body) {
         Ok(cmd) => {
-            println!("{}", serde_json::json!({"http_code": "200", "msg": "receive task success!", "warnings": cmd.warnings}));
+            println!(
+                "{}",
+                serde_json::json!({"http_code": "200", "msg": "receive task success!", "warnings": cmd.warnings})
+            );
             Ok(())
         }
         Err(e) => {
-            println!("{}", serde_json::json!({"http_code": e.kind.http_code().to_string(), "msg": e.to_string()}));
+            println!(
+                "{}",
+                serde_json::json!({"http_code": e.kind.http_code().to_string(), "msg": e.to_string()})
+            );
             std::process::exit(2)
         }
     }

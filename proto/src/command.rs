@@ -170,7 +170,10 @@ pub fn parse_command(body: &[u8]) -> Result<Command, FieldError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(FieldError::new(
             "",
-            format!("body is {} bytes; the limit is {MAX_BODY_BYTES}", body.len()),
+            format!(
+                "body is {} bytes; the limit is {MAX_BODY_BYTES}",
+                body.len()
+            ),
         ));
     }
     require_objects(body, true)?;
@@ -188,35 +191,55 @@ pub fn parse_command(body: &[u8]) -> Result<Command, FieldError> {
         }
     };
     if raw.kind != "video" {
-        return Err(root.key("type").err(format!("must be \"video\", got {:?}", raw.kind)));
+        return Err(root
+            .key("type")
+            .err(format!("must be \"video\", got {:?}", raw.kind)));
     }
     let callback_url = match raw.transcallbackurl.as_deref() {
         None | Some("") => None,
-        Some(u) => Some(check_url(&root.key("transcallbackurl"), u, &["http", "https"])?),
+        Some(u) => Some(check_url(
+            &root.key("transcallbackurl"),
+            u,
+            &["http", "https"],
+        )?),
     };
     let list = root.key("list");
     if raw.list.is_empty() {
         return Err(list.err("must name at least one task"));
     }
     if raw.list.len() > MAX_TASKS {
-        return Err(list.err(format!("has {} tasks; the limit is {MAX_TASKS}", raw.list.len())));
+        return Err(list.err(format!(
+            "has {} tasks; the limit is {MAX_TASKS}",
+            raw.list.len()
+        )));
     }
     let mut warnings = Vec::new();
     let mut tasks = Vec::with_capacity(raw.list.len());
     for (i, t) in raw.list.into_iter().enumerate() {
         let spec = task(cmd, &list.index(i), t, &mut warnings)?;
         if tasks.iter().any(|o: &TaskSpec| o.id == spec.id) {
-            return Err(list.index(i).key("id").err(format!("task id {:?} appears twice", spec.id)));
+            return Err(list
+                .index(i)
+                .key("id")
+                .err(format!("task id {:?} appears twice", spec.id)));
         }
         tasks.push(spec);
     }
-    Ok(Command { cmd, callback_url, tasks, warnings })
+    Ok(Command {
+        cmd,
+        callback_url,
+        tasks,
+        warnings,
+    })
 }
 
 /// Parses one `list[]` entry as a start command (what `vodfleet-worker play` reads).
 pub fn parse_task_entry(body: &[u8]) -> Result<(TaskSpec, Vec<Warning>), FieldError> {
     if body.len() > MAX_BODY_BYTES {
-        return Err(FieldError::new("", format!("body is over {MAX_BODY_BYTES} bytes")));
+        return Err(FieldError::new(
+            "",
+            format!("body is over {MAX_BODY_BYTES} bytes"),
+        ));
     }
     require_objects(body, false)?;
     let raw: wire::Task = deserialize(body)?;
@@ -231,14 +254,23 @@ impl Command {
     /// and after `now_ms`.
     pub fn check_timing(&self, now_ms: u64, min_window_ms: u64) -> Result<(), FieldError> {
         for (i, t) in self.tasks.iter().enumerate() {
-            t.check_timing(&FieldPath::root().key("list").index(i), now_ms, min_window_ms)?;
+            t.check_timing(
+                &FieldPath::root().key("list").index(i),
+                now_ms,
+                min_window_ms,
+            )?;
         }
         Ok(())
     }
 }
 
 impl TaskSpec {
-    pub fn check_timing(&self, at: &FieldPath, now_ms: u64, min_window_ms: u64) -> Result<(), FieldError> {
+    pub fn check_timing(
+        &self,
+        at: &FieldPath,
+        now_ms: u64,
+        min_window_ms: u64,
+    ) -> Result<(), FieldError> {
         if let Some(end) = self.end_ms {
             let from = self.start_ms.unwrap_or(now_ms).max(now_ms);
             if end < from.saturating_add(min_window_ms) {
@@ -323,7 +355,10 @@ fn deserialize<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FieldErro
             return path.err("unknown field");
         }
         // serde names a missing key only in the message: lift it into the path.
-        if let Some(name) = msg.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+        if let Some(name) = msg
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
+        {
             return path.key(name).err("is required");
         }
         path.err(msg)
@@ -339,14 +374,26 @@ fn deserialize<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FieldErro
     Ok(value)
 }
 
-fn task(cmd: Cmd, at: &FieldPath, t: wire::Task, warnings: &mut Vec<Warning>) -> Result<TaskSpec, FieldError> {
+fn task(
+    cmd: Cmd,
+    at: &FieldPath,
+    t: wire::Task,
+    warnings: &mut Vec<Warning>,
+) -> Result<TaskSpec, FieldError> {
     let id = t.id.0;
     if id.is_empty() || id.len() > MAX_ID_LEN {
-        return Err(at.key("id").err(format!("must be 1 to {MAX_ID_LEN} characters")));
+        return Err(at
+            .key("id")
+            .err(format!("must be 1 to {MAX_ID_LEN} characters")));
     }
     // Task ids become Redis keys and log fields: keep them to a safe alphabet.
-    if !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c)) {
-        return Err(at.key("id").err("may contain only letters, digits and - _ . :"));
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+    {
+        return Err(at
+            .key("id")
+            .err("may contain only letters, digits and - _ . :"));
     }
 
     let sources = match cmd {
@@ -358,9 +405,16 @@ fn task(cmd: Cmd, at: &FieldPath, t: wire::Task, warnings: &mut Vec<Warning>) ->
                 return Err(p.err("must list at least one source"));
             }
             if t.src.len() > MAX_SOURCES {
-                return Err(p.err(format!("has {} sources; the limit is {MAX_SOURCES}", t.src.len())));
+                return Err(p.err(format!(
+                    "has {} sources; the limit is {MAX_SOURCES}",
+                    t.src.len()
+                )));
             }
-            t.src.into_iter().enumerate().map(|(i, s)| source(&p.index(i), s)).collect::<Result<_, _>>()?
+            t.src
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| source(&p.index(i), s))
+                .collect::<Result<_, _>>()?
         }
     };
 
@@ -369,7 +423,10 @@ fn task(cmd: Cmd, at: &FieldPath, t: wire::Task, warnings: &mut Vec<Warning>) ->
         return Err(fp.err("must list at least one destination"));
     }
     if t.forward.len() > MAX_FORWARDS {
-        return Err(fp.err(format!("has {} destinations; the limit is {MAX_FORWARDS}", t.forward.len())));
+        return Err(fp.err(format!(
+            "has {} destinations; the limit is {MAX_FORWARDS}",
+            t.forward.len()
+        )));
     }
     let mut forwards: Vec<ForwardSpec> = Vec::with_capacity(t.forward.len());
     for (i, f) in t.forward.into_iter().enumerate() {
@@ -381,7 +438,9 @@ fn task(cmd: Cmd, at: &FieldPath, t: wire::Task, warnings: &mut Vec<Warning>) ->
         let reset_url = match f.reset_url {
             None => None,
             Some(_) if cmd != Cmd::Resume => {
-                return Err(p.key("resetUrl").err("is only allowed with cmd \"5\" (resume)"))
+                return Err(p
+                    .key("resetUrl")
+                    .err("is only allowed with cmd \"5\" (resume)"))
             }
             Some(r) if r.is_empty() => None,
             Some(r) => Some(check_url(&p.key("resetUrl"), &r, &["rtmp", "rtmps"])?),
@@ -390,10 +449,13 @@ fn task(cmd: Cmd, at: &FieldPath, t: wire::Task, warnings: &mut Vec<Warning>) ->
     }
 
     let ep = at.key("extendParam");
-    let (mut loop_count, mut first_item, mut callback_file_info, mut wait_current) = (0, 0, false, false);
+    let (mut loop_count, mut first_item, mut callback_file_info, mut wait_current) =
+        (0, 0, false, false);
     if let Some(e) = t.extend_param {
         if cmd == Cmd::Resume {
-            return Err(ep.err("is not allowed with cmd \"5\": a resume continues with the recorded settings"));
+            return Err(ep.err(
+                "is not allowed with cmd \"5\": a resume continues with the recorded settings",
+            ));
         }
         if cmd == Cmd::Terminate {
             return Err(ep.err("is not allowed with cmd \"2\" (terminate)"));
@@ -410,15 +472,23 @@ fn task(cmd: Cmd, at: &FieldPath, t: wire::Task, warnings: &mut Vec<Warning>) ->
         }
         if let Some(v) = &e.wait_crt_url_finish {
             if cmd != Cmd::Update {
-                return Err(ep.key("waitCrtUrlFinish").err("is only meaningful with cmd \"3\" (update list)"));
+                return Err(ep
+                    .key("waitCrtUrlFinish")
+                    .err("is only meaningful with cmd \"3\" (update list)"));
             }
             wait_current = uint(&ep.key("waitCrtUrlFinish"), v, 0, 1)? == 1;
         }
     }
 
     let (start_ms, end_ms) = (
-        t.start.as_ref().map(|v| timestamp(&at.key("start"), v)).transpose()?,
-        t.end.as_ref().map(|v| timestamp(&at.key("end"), v)).transpose()?,
+        t.start
+            .as_ref()
+            .map(|v| timestamp(&at.key("start"), v))
+            .transpose()?,
+        t.end
+            .as_ref()
+            .map(|v| timestamp(&at.key("end"), v))
+            .transpose()?,
     );
     if cmd == Cmd::Terminate && (start_ms.is_some() || end_ms.is_some()) {
         let f = if start_ms.is_some() { "start" } else { "end" };
@@ -433,9 +503,15 @@ fn task(cmd: Cmd, at: &FieldPath, t: wire::Task, warnings: &mut Vec<Warning>) ->
     let transcode = match t.fops {
         None => None,
         Some(_) if cmd == Cmd::Resume => {
-            return Err(at.key("fops").err("is not allowed with cmd \"5\": a resume cannot change transcoding"))
+            return Err(at
+                .key("fops")
+                .err("is not allowed with cmd \"5\": a resume cannot change transcoding"))
         }
-        Some(_) if cmd == Cmd::Terminate => return Err(at.key("fops").err("is not allowed with cmd \"2\" (terminate)")),
+        Some(_) if cmd == Cmd::Terminate => {
+            return Err(at
+                .key("fops")
+                .err("is not allowed with cmd \"2\" (terminate)"))
+        }
         Some(f) => fops(&at.key("fops"), f, warnings)?,
     };
     Ok(TaskSpec {
@@ -458,8 +534,12 @@ fn source(at: &FieldPath, s: wire::Src) -> Result<SourceSpec, FieldError> {
         check_vod_name(&at.key("url"), &url["vod://".len()..])?;
     }
     let cut = match (s.relofftime.as_deref(), s.absofftime.as_deref()) {
-        (Some(r), _) if !r.is_empty() => Cut::Relative(ranges(&at.key("relofftime"), r, parse_seconds)?),
-        (_, Some(a)) if !a.is_empty() => Cut::Absolute(ranges(&at.key("absofftime"), a, parse_civil)?),
+        (Some(r), _) if !r.is_empty() => {
+            Cut::Relative(ranges(&at.key("relofftime"), r, parse_seconds)?)
+        }
+        (_, Some(a)) if !a.is_empty() => {
+            Cut::Absolute(ranges(&at.key("absofftime"), a, parse_civil)?)
+        }
         _ => Cut::Whole,
     };
     let watermark = match (s.wmimage, s.wmposition) {
@@ -474,11 +554,22 @@ fn source(at: &FieldPath, s: wire::Src) -> Result<SourceSpec, FieldError> {
                     ))
                 })?,
             };
-            Some(Watermark { image_url, position })
+            Some(Watermark {
+                image_url,
+                position,
+            })
         }
-        (None, Some(_)) => return Err(at.key("wmimage").err("is required when wmposition is given")),
+        (None, Some(_)) => {
+            return Err(at
+                .key("wmimage")
+                .err("is required when wmposition is given"))
+        }
     };
-    Ok(SourceSpec { url, cut, watermark })
+    Ok(SourceSpec {
+        url,
+        cut,
+        watermark,
+    })
 }
 
 fn watermark_position(p: &str) -> Option<WatermarkPosition> {
@@ -497,11 +588,17 @@ fn watermark_position(p: &str) -> Option<WatermarkPosition> {
     })
 }
 
-fn fops(at: &FieldPath, f: wire::Fops, warnings: &mut Vec<Warning>) -> Result<Option<Transcode>, FieldError> {
+fn fops(
+    at: &FieldPath,
+    f: wire::Fops,
+    warnings: &mut Vec<Warning>,
+) -> Result<Option<Transcode>, FieldError> {
     let (mut width, mut height, mut video_kbps) = (None, None, None);
     if let Some(p) = f.preset.as_deref() {
         let (w, h, b) = preset(p).ok_or_else(|| {
-            at.key("preset").err(format!("unknown preset {p:?}; expected 360p, 480p, 720p or 1080p"))
+            at.key("preset").err(format!(
+                "unknown preset {p:?}; expected 360p, 480p, 720p or 1080p"
+            ))
         })?;
         (width, height, video_kbps) = (Some(w), Some(h), Some(b));
     }
@@ -512,19 +609,27 @@ fn fops(at: &FieldPath, f: wire::Fops, warnings: &mut Vec<Warning>) -> Result<Op
         if parse_res(r).is_none() && parse_res(p).is_some() && parse_fps(r).is_some() {
             warnings.push(Warning {
                 field: at.as_str().to_owned(),
-                message: format!("res {r:?} and fps {p:?} look swapped; using res {p:?} and fps {r:?}"),
+                message: format!(
+                    "res {r:?} and fps {p:?} look swapped; using res {p:?} and fps {r:?}"
+                ),
             });
             std::mem::swap(&mut res, &mut fps);
         }
     }
     if let Some(r) = res.as_deref().filter(|r| !r.is_empty()) {
-        let (w, h) = parse_res(r)
-            .ok_or_else(|| at.key("res").err(format!("{r:?} is not WIDTHxHEIGHT with even sides from 16 to 4096")))?;
+        let (w, h) = parse_res(r).ok_or_else(|| {
+            at.key("res").err(format!(
+                "{r:?} is not WIDTHxHEIGHT with even sides from 16 to 4096"
+            ))
+        })?;
         (width, height) = (Some(w), Some(h));
     }
     let fps = match fps.as_deref().filter(|p| !p.is_empty()) {
         None => None,
-        Some(p) => Some(parse_fps(p).ok_or_else(|| at.key("fps").err(format!("{p:?} is not a frame rate from 1 to 120")))?),
+        Some(p) => Some(parse_fps(p).ok_or_else(|| {
+            at.key("fps")
+                .err(format!("{p:?} is not a frame rate from 1 to 120"))
+        })?),
     };
     if let Some(b) = &f.bps {
         if !b.0.is_empty() {
@@ -548,8 +653,19 @@ fn fops(at: &FieldPath, f: wire::Fops, warnings: &mut Vec<Warning>) -> Result<Op
             )))
         }
     };
-    let any = width.is_some() || fps.is_some() || video_kbps.is_some() || f.vcodec.is_some() || f.acodec.is_some();
-    Ok(any.then_some(Transcode { width, height, fps, video_kbps, vcodec, acodec }))
+    let any = width.is_some()
+        || fps.is_some()
+        || video_kbps.is_some()
+        || f.vcodec.is_some()
+        || f.acodec.is_some();
+    Ok(any.then_some(Transcode {
+        width,
+        height,
+        fps,
+        video_kbps,
+        vcodec,
+        acodec,
+    }))
 }
 
 fn parse_res(s: &str) -> Option<(u32, u32)> {
@@ -564,7 +680,13 @@ fn parse_fps(s: &str) -> Option<(u32, u32)> {
         None => (s.parse::<u32>().ok()?, 1),
         Some((i, f)) if !f.is_empty() && f.len() <= 3 && f.bytes().all(|b| b.is_ascii_digit()) => {
             let den = 10u32.pow(f.len() as u32);
-            (i.parse::<u32>().ok()?.checked_mul(den)?.checked_add(f.parse::<u32>().ok()?)?, den)
+            (
+                i.parse::<u32>()
+                    .ok()?
+                    .checked_mul(den)?
+                    .checked_add(f.parse::<u32>().ok()?)?,
+                den,
+            )
         }
         _ => return None,
     };
@@ -572,10 +694,9 @@ fn parse_fps(s: &str) -> Option<(u32, u32)> {
 }
 
 fn uint(at: &FieldPath, v: &Lenient, min: u32, max: u32) -> Result<u32, FieldError> {
-    let n: u64 = v
-        .0
-        .parse()
-        .map_err(|_| at.err(format!("{:?} is not a whole number", v.0)))?;
+    let n: u64 =
+        v.0.parse()
+            .map_err(|_| at.err(format!("{:?} is not a whole number", v.0)))?;
     if n < min as u64 || n > max as u64 {
         return Err(at.err(format!("{n} is out of range {min}..={max}")));
     }
@@ -584,7 +705,10 @@ fn uint(at: &FieldPath, v: &Lenient, min: u32, max: u32) -> Result<u32, FieldErr
 
 fn timestamp(at: &FieldPath, v: &Lenient) -> Result<u64, FieldError> {
     if v.0.len() != 13 || !v.0.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(at.err(format!("{:?} is not a 13-digit Unix timestamp in milliseconds", v.0)));
+        return Err(at.err(format!(
+            "{:?} is not a 13-digit Unix timestamp in milliseconds",
+            v.0
+        )));
     }
     Ok(v.0.parse().expect("13 digits fit in u64"))
 }
@@ -594,11 +718,18 @@ fn check_url(at: &FieldPath, raw: &str, schemes: &[&str]) -> Result<String, Fiel
         return Err(at.err("must not be empty"));
     }
     if raw.len() > MAX_URL_LEN {
-        return Err(at.err(format!("is {} characters; the limit is {MAX_URL_LEN}", raw.len())));
+        return Err(at.err(format!(
+            "is {} characters; the limit is {MAX_URL_LEN}",
+            raw.len()
+        )));
     }
     let u = url::Url::parse(raw).map_err(|e| at.err(format!("is not a URL: {e}")))?;
     if !schemes.contains(&u.scheme()) {
-        return Err(at.err(format!("scheme {:?} is not supported here; expected one of {}", u.scheme(), schemes.join(", "))));
+        return Err(at.err(format!(
+            "scheme {:?} is not supported here; expected one of {}",
+            u.scheme(),
+            schemes.join(", ")
+        )));
     }
     if u.host_str().is_none_or(str::is_empty) {
         return Err(at.err("has no host"));
@@ -614,20 +745,29 @@ fn check_vod_name(at: &FieldPath, name: &str) -> Result<(), FieldError> {
         || name.contains('\0')
         || name.contains('?')
         || name.contains('%')
-        || name.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..");
+        || name
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..");
     if bad {
         return Err(at.err("vod:// names must be a relative path inside the media root (no '..', '%', empty segments or leading '/')"));
     }
     Ok(())
 }
 
-fn ranges(at: &FieldPath, s: &str, parse: fn(&str) -> Option<u64>) -> Result<Vec<Range>, FieldError> {
+fn ranges(
+    at: &FieldPath,
+    s: &str,
+    parse: fn(&str) -> Option<u64>,
+) -> Result<Vec<Range>, FieldError> {
     let parts: Vec<&str> = s.split(';').filter(|p| !p.trim().is_empty()).collect();
     if parts.is_empty() {
         return Err(at.err("names no range"));
     }
     if parts.len() > MAX_RANGES {
-        return Err(at.err(format!("has {} ranges; the limit is {MAX_RANGES}", parts.len())));
+        return Err(at.err(format!(
+            "has {} ranges; the limit is {MAX_RANGES}",
+            parts.len()
+        )));
     }
     parts
         .into_iter()
@@ -636,13 +776,18 @@ fn ranges(at: &FieldPath, s: &str, parse: fn(&str) -> Option<u64>) -> Result<Vec
                 .split_once('-')
                 .ok_or_else(|| at.err(format!("range {p:?} is not START-END")))?;
             let (a, b) = (
-                parse(a.trim()).ok_or_else(|| at.err(format!("range {p:?}: {a:?} is not a valid time")))?,
-                parse(b.trim()).ok_or_else(|| at.err(format!("range {p:?}: {b:?} is not a valid time")))?,
+                parse(a.trim())
+                    .ok_or_else(|| at.err(format!("range {p:?}: {a:?} is not a valid time")))?,
+                parse(b.trim())
+                    .ok_or_else(|| at.err(format!("range {p:?}: {b:?} is not a valid time")))?,
             );
             if b <= a {
                 return Err(at.err(format!("range {p:?} ends before it starts")));
             }
-            Ok(Range { start_ms: a, end_ms: b })
+            Ok(Range {
+                start_ms: a,
+                end_ms: b,
+            })
         })
         .collect()
 }
@@ -650,7 +795,11 @@ fn ranges(at: &FieldPath, s: &str, parse: fn(&str) -> Option<u64>) -> Result<Vec
 /// Seconds, possibly fractional (millisecond precision), as milliseconds.
 fn parse_seconds(s: &str) -> Option<u64> {
     let (i, f) = s.split_once('.').unwrap_or((s, ""));
-    if i.is_empty() || !i.bytes().all(|b| b.is_ascii_digit()) || f.len() > 3 || !f.bytes().all(|b| b.is_ascii_digit()) {
+    if i.is_empty()
+        || !i.bytes().all(|b| b.is_ascii_digit())
+        || f.len() > 3
+        || !f.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let frac = format!("{f:0<3}").parse::<u64>().ok()?;
@@ -663,13 +812,43 @@ fn parse_civil(s: &str) -> Option<u64> {
         return None;
     }
     let n = |r: std::ops::Range<usize>| s[r].parse::<u32>().ok();
-    let (y, mo, d, h, mi, se) = (n(0..4)?, n(4..6)?, n(6..8)?, n(8..10)?, n(10..12)?, n(12..14)?);
+    let (y, mo, d, h, mi, se) = (
+        n(0..4)?,
+        n(4..6)?,
+        n(6..8)?,
+        n(8..10)?,
+        n(10..12)?,
+        n(12..14)?,
+    );
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let dim = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
-    if !(1970..=9999).contains(&y) || !(1..=12).contains(&mo) || d == 0 || d > dim[mo as usize - 1] || h > 23 || mi > 59 || se > 59 {
+    let dim = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1970..=9999).contains(&y)
+        || !(1..=12).contains(&mo)
+        || d == 0
+        || d > dim[mo as usize - 1]
+        || h > 23
+        || mi > 59
+        || se > 59
+    {
         return None;
     }
-    Some((days_from_civil(y as i64, mo, d) as u64 * 86_400 + (h * 3600 + mi * 60 + se) as u64) * 1000)
+    Some(
+        (days_from_civil(y as i64, mo, d) as u64 * 86_400 + (h * 3600 + mi * 60 + se) as u64)
+            * 1000,
+    )
 }
 
 /// Days since 1970-01-01 for a proleptic Gregorian date (H. Hinnant's algorithm).

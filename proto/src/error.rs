@@ -32,7 +32,11 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        FieldError { kind: RejectKind::BadRequest, field: field.into(), reason: reason.into() }
+        FieldError {
+            kind: RejectKind::BadRequest,
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }
 

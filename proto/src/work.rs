@@ -40,9 +40,24 @@ pub struct TaskBeat {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum WorkerEvent {
     /// Sent every ~2 s by each worker, listing every task it runs.
-    Heartbeat { worker_id: String, free_slots: u32, tasks: Vec<TaskBeat> },
+    Heartbeat {
+        worker_id: String,
+        free_slots: u32,
+        tasks: Vec<TaskBeat>,
+    },
     /// The worker gives a task back (SIGTERM drain): re-issue it now from `position`.
-    Released { worker_id: String, task_id: String, epoch: u64, position: Position },
+    Released {
+        worker_id: String,
+        task_id: String,
+        epoch: u64,
+        position: Position,
+    },
     /// The task ended on its own (loop count reached, `end` passed) or failed.
-    Finished { worker_id: String, task_id: String, epoch: u64, position: Position, error: Option<String> },
+    Finished {
+        worker_id: String,
+        task_id: String,
+        epoch: u64,
+        position: Position,
+        error: Option<String>,
+    },
 }

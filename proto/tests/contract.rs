@@ -794,7 +794,10 @@ mod bad_input {
 fn arrays_in_place_of_objects_are_refused() {
     let whole = br#"["", "1", "video", [["123", [["http://a.example/x.mp4", null, null, null, null]], [["rtmp://b.example/live/k", null]], null, null, null, null]]]"#;
     let e = vodfleet_proto::parse_command(whole).unwrap_err();
-    assert_eq!((e.field.as_str(), e.reason.as_str()), ("", "must be a JSON object"));
+    assert_eq!(
+        (e.field.as_str(), e.reason.as_str()),
+        ("", "must be a JSON object")
+    );
     let nested = br#"{"cmd":"1","type":"video","list":[{"id":"a","src":[["http://a.example/x.mp4"]],"forward":[{"url":"rtmp://b.example/live/k"}]}]}"#;
     let e = vodfleet_proto::parse_command(nested).unwrap_err();
     assert_eq!(e.field, "list[0].src[0]");

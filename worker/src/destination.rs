@@ -200,7 +200,6 @@ impl Sender {
     }
 
     fn stream(&self, mut muxer: Muxer, rx: &Receiver<Arc<OutPacket>>) -> Session {
-        let video = muxer.has_track(Track::Video);
         // What the last sequence header sent for each track said.
         let mut sent: [Option<Vec<u8>>; 2] = [
             self.setup.video.as_ref().map(|p| p.extradata().to_vec()),
@@ -208,9 +207,10 @@ impl Sender {
         ];
         let mut started = false;
         while let Ok(p) = rx.recv() {
-            if !started {
-                // A session must open on a keyframe or players show garbage until the next one.
-                if !(p.key && (p.track == Track::Video || !video)) {
+            if !started && p.track == Track::Video {
+                // Video must open on a keyframe or players show garbage until the next one.
+                // Audio needs no such gate, and encoders may deliver it first.
+                if !p.key {
                     self.status.dropped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }

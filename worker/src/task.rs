@@ -62,6 +62,8 @@ struct Output {
     timeline: Timeline,
     pacer: Pacer<SystemClock>,
     dests: Vec<Destination>,
+    /// Last DTS sent per track, for encoder output (copy mode goes through the timeline's own guard).
+    last_dts: [i64; 2],
 }
 
 enum Mode {
@@ -84,11 +86,6 @@ impl Task {
             let spec = self.spec.sources[item].clone();
             let next = &self.spec.sources[(item + 1) % n];
             self.sources.prefetch(&next.url);
-            let _ = self.events.send(Event::ItemStarted {
-                item,
-                loop_index: pass,
-                source: redact::source(&spec.url),
-            });
             match self.play_item(&mut out, item, pass, &spec) {
                 Ok(()) => played_this_pass = true,
                 Err(Halt::Stop) => break Outcome::Stopped,
@@ -175,6 +172,11 @@ impl Task {
             );
         }
         let o = out.as_mut().expect("output is open");
+        let _ = self.events.send(Event::ItemStarted {
+            item,
+            loop_index: pass,
+            source: redact::source(&spec.url),
+        });
         let (video, audio) = match &mut o.mode {
             Mode::Copy => copy_streams(&input, video, audio, o).map_err(|c| media_err(0, c))?,
             Mode::Transcode(t) => {
@@ -298,6 +300,7 @@ impl Task {
             timeline: Timeline::new(),
             pacer: Pacer::new(SystemClock, self.cfg.initial_burst),
             dests,
+            last_dts: [-1, -1],
         })
     }
 
@@ -482,7 +485,12 @@ impl Task {
 
     /// Sends packets that are already on the output timeline (transcode mode).
     fn send_all(&mut self, o: &mut Output, pkts: Vec<OutPacket>) -> Result<(), Halt> {
-        for p in pkts {
+        for mut p in pkts {
+            // Encoders may start below zero (AAC priming) and must never go back per track.
+            let last = &mut o.last_dts[p.track as usize];
+            p.dts_us = p.dts_us.max(0).max(*last + 1);
+            p.pts_us = p.pts_us.max(p.dts_us);
+            *last = p.dts_us;
             self.status
                 .position
                 .lock()

@@ -277,10 +277,6 @@ impl Muxer {
             .map_err(|e| connect_error_ff(e, &self.interrupt))
     }
 
-    pub fn has_track(&self, t: crate::timeline::Track) -> bool {
-        self.index[t as usize].is_some()
-    }
-
     /// Ends the session cleanly (FLV trailer) within `timeout`.
     pub fn finish(mut self, timeout: Duration) {
         self.interrupt.arm(timeout);

@@ -19,8 +19,9 @@ use vodfleet_proto::command::{AudioCodec, Transcode};
 
 const AUDIO_RATE: i32 = 44_100;
 const AUDIO_KBPS: usize = 128;
-/// Audio may drift this far (in samples) from the timeline before we correct it.
-const AUDIO_SLACK: i64 = 2048;
+/// Audio may drift this far (in samples, ~23 ms) from the timeline before we
+/// correct it; the first samples of a task are placed exactly.
+const AUDIO_SLACK: i64 = 1024;
 
 pub struct Transcoder {
     video: Option<VideoPath>,
@@ -419,7 +420,8 @@ impl AudioPath {
 
             // Keep the audio clock on the timeline: fill a gap with silence, drop what runs ahead.
             let expected = t * AUDIO_RATE as i64 / 1_000_000;
-            if self.queued < expected - AUDIO_SLACK {
+            let slack = if self.queued == 0 { 0 } else { AUDIO_SLACK };
+            if self.queued < expected - slack {
                 let gap = (expected - self.queued) as usize;
                 for ch in &mut self.fifo {
                     ch.extend(std::iter::repeat_n(0.0, gap));

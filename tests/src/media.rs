@@ -1,0 +1,298 @@
+//! Test media, generated at test time with the ffmpeg CLI (lavfi sources), small
+//! and short, cached in one directory shared by every test process:
+//! `$TMPDIR/vodfleet-test-media/`. File names carry a hash of the exact recipe,
+//! so a changed recipe never picks up a stale file. Nothing here is committed.
+//!
+//! The worker reads these files as `vod://NAME` with `VODFLEET_MEDIA_ROOT` set to
+//! [`media_dir`]; HTTP tests serve the same files from [`crate::HttpServer`].
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+/// Bump when the generation command changes in a way the recipe string misses.
+const RECIPE_VERSION: u32 = 1;
+
+/// The lavfi video source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pattern {
+    /// Moving test pattern with a counter (`testsrc2`).
+    TestSrc2,
+    /// Static colour bars (`smptebars`); visually unlike `testsrc2`.
+    SmpteBars,
+    /// The older `testsrc` pattern (moving, different layout).
+    TestSrc,
+}
+
+impl Pattern {
+    fn lavfi(self) -> &'static str {
+        match self {
+            Pattern::TestSrc2 => "testsrc2",
+            Pattern::SmpteBars => "smptebars",
+            Pattern::TestSrc => "testsrc",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Container {
+    Mp4,
+    Flv,
+}
+
+impl Container {
+    fn ext(self) -> &'static str {
+        match self {
+            Container::Mp4 => "mp4",
+            Container::Flv => "flv",
+        }
+    }
+}
+
+/// How to make a file: H.264 (libx264, yuv420p, fixed GOP, no scene-cut keyframes)
+/// plus stereo AAC 44.1 kHz from a sine tone.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MediaSpec {
+    pub container: Container,
+    pub pattern: Pattern,
+    pub secs: f64,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    /// Keyframe interval in frames (`-g N -keyint_min N -sc_threshold 0`).
+    pub gop: u32,
+    pub tone_hz: u32,
+    /// Temporal noise over the picture so an encoder has to spend its whole
+    /// bitrate budget (for bitrate assertions).
+    pub noise: bool,
+    /// H.264 B-frames (`-bf`); `None` leaves x264's default.
+    pub bframes: Option<u32>,
+}
+
+impl MediaSpec {
+    /// `size` is `"WxH"`.
+    pub fn new(container: Container, secs: f64, size: &str, fps: u32, gop: u32) -> MediaSpec {
+        let (w, h) = size
+            .split_once('x')
+            .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+            .unwrap_or_else(|| panic!("size must be WxH, got {size:?}"));
+        MediaSpec {
+            container,
+            pattern: Pattern::TestSrc2,
+            secs,
+            width: w,
+            height: h,
+            fps,
+            gop,
+            tone_hz: 440,
+            noise: false,
+            bframes: None,
+        }
+    }
+
+    pub fn pattern(mut self, p: Pattern) -> Self {
+        self.pattern = p;
+        self
+    }
+
+    pub fn tone(mut self, hz: u32) -> Self {
+        self.tone_hz = hz;
+        self
+    }
+
+    pub fn noise(mut self) -> Self {
+        self.noise = true;
+        self
+    }
+
+    pub fn bframes(mut self, n: u32) -> Self {
+        self.bframes = Some(n);
+        self
+    }
+
+    fn ffmpeg_args(&self, out: &Path) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "-hide_banner".into(),
+            "-nostdin".into(),
+            "-v".into(),
+            "error".into(),
+            "-y".into(),
+            "-f".into(),
+            "lavfi".into(),
+            "-i".into(),
+            format!(
+                "{}=size={}x{}:rate={}",
+                self.pattern.lavfi(),
+                self.width,
+                self.height,
+                self.fps
+            ),
+            "-f".into(),
+            "lavfi".into(),
+            "-i".into(),
+            format!("sine=frequency={}:sample_rate=44100", self.tone_hz),
+            "-t".into(),
+            format!("{}", self.secs),
+        ];
+        if self.noise {
+            a.extend(["-vf".into(), "noise=alls=24:allf=t+u".into()]);
+        }
+        a.extend(
+            [
+                "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-g",
+            ]
+            .map(String::from),
+        );
+        a.push(self.gop.to_string());
+        a.extend(["-keyint_min".into(), self.gop.to_string()]);
+        a.extend(["-sc_threshold".into(), "0".into()]);
+        if let Some(bf) = self.bframes {
+            a.extend(["-bf".into(), bf.to_string()]);
+        }
+        a.extend(["-c:a", "aac", "-ac", "2", "-ar", "44100", "-b:a", "96k"].map(String::from));
+        match self.container {
+            Container::Mp4 => {
+                a.extend(["-movflags", "+faststart", "-f", "mp4"].map(String::from));
+            }
+            Container::Flv => a.extend(["-f", "flv"].map(String::from)),
+        }
+        a.push(out.to_str().expect("utf-8 path").into());
+        a
+    }
+
+    /// File name: readable parameters plus a hash of the full recipe.
+    fn file_name(&self) -> String {
+        let recipe = format!("v{RECIPE_VERSION} {:?}", self.ffmpeg_args(Path::new("OUT")));
+        format!(
+            "{}-{}x{}-{}fps-g{}-{}s-{}hz{}-{:016x}.{}",
+            self.pattern.lavfi(),
+            self.width,
+            self.height,
+            self.fps,
+            self.gop,
+            self.secs,
+            self.tone_hz,
+            if self.noise { "-noise" } else { "" },
+            fnv1a(recipe.as_bytes()),
+            self.container.ext()
+        )
+    }
+
+    /// Generates the file unless the cache already has it.
+    pub fn generate(&self) -> Media {
+        let name = self.file_name();
+        let path = media_dir().join(&name);
+        if !path.exists() {
+            static GEN: Mutex<()> = Mutex::new(());
+            let _one_at_a_time = GEN.lock().unwrap_or_else(|e| e.into_inner());
+            if !path.exists() {
+                // Other test processes may generate the same file: write aside, rename.
+                static N: AtomicU64 = AtomicU64::new(0);
+                let tmp = media_dir().join(format!(
+                    ".{name}.{}-{}.tmp",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::Relaxed)
+                ));
+                let out = Command::new(ffmpeg())
+                    .args(self.ffmpeg_args(&tmp))
+                    .output()
+                    .unwrap_or_else(|e| panic!("run ffmpeg: {e} (is ffmpeg installed?)"));
+                if !out.status.success() {
+                    let _ = std::fs::remove_file(&tmp);
+                    panic!(
+                        "ffmpeg failed to generate {name}: {}\n{}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                std::fs::rename(&tmp, &path).unwrap_or_else(|e| {
+                    panic!("rename {} -> {}: {e}", tmp.display(), path.display())
+                });
+            }
+        }
+        Media {
+            path,
+            name,
+            spec: self.clone(),
+        }
+    }
+}
+
+/// A generated file.
+#[derive(Clone, Debug)]
+pub struct Media {
+    pub path: PathBuf,
+    /// File name inside [`media_dir`].
+    pub name: String,
+    pub spec: MediaSpec,
+}
+
+impl Media {
+    /// An mp4 (moov first) of `secs` seconds, `size` "WxH".
+    pub fn mp4(secs: f64, size: &str, fps: u32, gop: u32, pattern: Pattern) -> Media {
+        MediaSpec::new(Container::Mp4, secs, size, fps, gop)
+            .pattern(pattern)
+            .generate()
+    }
+
+    /// An FLV of `secs` seconds, `size` "WxH".
+    pub fn flv(secs: f64, size: &str, fps: u32, gop: u32, pattern: Pattern) -> Media {
+        MediaSpec::new(Container::Flv, secs, size, fps, gop)
+            .pattern(pattern)
+            .generate()
+    }
+
+    /// `vod://NAME`, for a worker whose `VODFLEET_MEDIA_ROOT` is [`media_dir`].
+    pub fn vod_url(&self) -> String {
+        format!("vod://{}", self.name)
+    }
+
+    pub fn len(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.path).unwrap_or_else(|e| panic!("read {}: {e}", self.path.display()))
+    }
+
+    /// Duration of the video stream as ffprobe measures it from the packets
+    /// (first PTS to end of the last frame).
+    pub fn video_secs(&self) -> f64 {
+        let pkts = crate::probe::packets(&self.path);
+        crate::probe::span(&crate::probe::video(&pkts))
+    }
+}
+
+/// The shared cache directory (created on first use).
+pub fn media_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = std::env::var_os("VODFLEET_TEST_MEDIA_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join("vodfleet-test-media"));
+        std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+        d
+    })
+}
+
+pub fn ffmpeg() -> String {
+    std::env::var("VODFLEET_FFMPEG").unwrap_or_else(|_| "ffmpeg".into())
+}
+
+pub fn ffprobe() -> String {
+    std::env::var("VODFLEET_FFPROBE").unwrap_or_else(|_| "ffprobe".into())
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
