@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How the server answers one request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Behavior {
     /// 200 with the file, or 206 for `Range: bytes=N-` / `bytes=N-M`.
     Ok,
@@ -22,8 +22,12 @@ pub enum Behavior {
     /// server is dropped.
     Stall,
     /// The headers of [`Behavior::Ok`] (full Content-Length), half of the body,
-    /// then closes the connection.
+    /// then closes the connection. [`Request::body_sent`] says how much of the
+    /// body went out.
     DropMidBody,
+    /// `302 Found` with this `Location` (sent verbatim: an absolute URL, or a
+    /// path the client resolves against the request's URL) and an empty body.
+    Redirect(String),
 }
 
 /// One request as the server saw it.
@@ -39,6 +43,11 @@ pub struct Request {
     /// The `Range` header's value, if any.
     pub range: Option<String>,
     pub behavior: Behavior,
+    /// Body bytes the server wrote to the connection for this request (the
+    /// socket accepted them; on loopback they reach the client before the close
+    /// that follows). Final once the response is complete, which is before the
+    /// client can see the connection end.
+    pub body_sent: usize,
 }
 
 struct Shared {
@@ -166,6 +175,20 @@ fn read_head(conn: &mut TcpStream) -> Option<String> {
     Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
+/// Writes as much of `buf` as the peer takes; returns how many bytes went out.
+fn write_counted(conn: &mut TcpStream, buf: &[u8]) -> usize {
+    let mut sent = 0;
+    while sent < buf.len() {
+        match conn.write(&buf[sent..]) {
+            Ok(0) => break,
+            Ok(k) => sent += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    sent
+}
+
 /// `bytes=N-` or `bytes=N-M` → (first, last) inclusive, clamped to `len`.
 fn parse_range(v: &str, len: usize) -> Option<Result<(usize, usize), ()>> {
     let spec = v.trim().strip_prefix("bytes=")?;
@@ -184,6 +207,7 @@ fn parse_range(v: &str, len: usize) -> Option<Result<(usize, usize), ()>> {
 fn reason(code: u16) -> &'static str {
     match code {
         200 => "OK",
+        302 => "Found",
         206 => "Partial Content",
         400 => "Bad Request",
         403 => "Forbidden",
@@ -208,19 +232,20 @@ fn serve(s: &Shared, mut conn: TcpStream) {
         .filter_map(|l| l.split_once(':'))
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("range"))
         .map(|(_, v)| v.trim().to_owned());
-    let behavior = {
+    let (n, behavior) = {
         let mut reqs = lock(&s.requests);
         let n = reqs.len();
-        let behavior = s.script.get(n).copied().unwrap_or(s.after);
+        let behavior = s.script.get(n).cloned().unwrap_or_else(|| s.after.clone());
         reqs.push(Request {
             n,
             at: Instant::now(),
             method: method.clone(),
             target,
             range: range.clone(),
-            behavior,
+            behavior: behavior.clone(),
+            body_sent: 0,
         });
-        behavior
+        (n, behavior)
     };
     let head_only = method.eq_ignore_ascii_case("HEAD");
     match behavior {
@@ -237,8 +262,16 @@ fn serve(s: &Shared, mut conn: TcpStream) {
                 text.len()
             );
             if !head_only {
-                let _ = conn.write_all(text.as_bytes());
+                let sent = write_counted(&mut conn, text.as_bytes());
+                lock(&s.requests)[n].body_sent = sent;
             }
+        }
+        Behavior::Redirect(location) => {
+            let _ = write!(
+                conn,
+                "HTTP/1.1 302 {}\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                reason(302)
+            );
         }
         Behavior::Ok | Behavior::DropMidBody => {
             let len = s.body.len();
@@ -275,8 +308,9 @@ fn serve(s: &Shared, mut conn: TcpStream) {
                 } else {
                     part
                 };
-                let _ = conn.write_all(send);
+                let sent = write_counted(&mut conn, send);
                 let _ = conn.flush();
+                lock(&s.requests)[n].body_sent = sent;
             }
         }
     }
@@ -382,7 +416,53 @@ pub fn closed_port() -> u16 {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_range;
+    use super::{parse_range, Behavior, HttpServer};
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    /// Sends a bare GET and reads until the server closes: (head, body).
+    fn get(port: u16, path: &str) -> (String, Vec<u8>) {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut all = Vec::new();
+        c.read_to_end(&mut all).expect("read to EOF");
+        let at = all
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a response head");
+        (
+            String::from_utf8_lossy(&all[..at]).into_owned(),
+            all[at + 4..].to_vec(),
+        )
+    }
+
+    #[test]
+    fn redirects_and_counts_body_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.bin");
+        let body: Vec<u8> = (0..10_001u32).map(|i| i as u8).collect();
+        std::fs::write(&file, &body).unwrap();
+        let server = HttpServer::start(
+            &file,
+            vec![Behavior::Redirect("/b?x=1".into()), Behavior::DropMidBody],
+        );
+        let (head, rest) = get(server.port(), "/a");
+        assert!(head.starts_with("HTTP/1.1 302 "), "{head}");
+        assert!(head.contains("\r\nLocation: /b?x=1"), "{head}");
+        assert!(rest.is_empty());
+        let (head, rest) = get(server.port(), "/b?x=1");
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert_eq!(rest, &body[..body.len() / 2]);
+        let (_, rest) = get(server.port(), "/c");
+        assert_eq!(rest, body);
+        let reqs = server.requests();
+        assert_eq!(reqs[0].behavior, Behavior::Redirect("/b?x=1".into()));
+        assert_eq!(reqs[0].body_sent, 0);
+        assert_eq!(reqs[1].body_sent, body.len() / 2);
+        assert_eq!(reqs[2].body_sent, body.len());
+    }
 
     #[test]
     fn ranges() {

@@ -52,8 +52,20 @@ impl Worker {
         Self::play_raw(&text, env)
     }
 
+    /// Like [`Worker::play`], with the variables named in `unset` removed from
+    /// the worker's environment (the defaults above and the test's own
+    /// environment included) before `env` is applied.
+    pub fn play_unset(task: Value, unset: &[&str], env: &[(&str, &str)]) -> Running {
+        let text = serde_json::to_string_pretty(&task).expect("task to JSON");
+        Self::spawn(&text, unset, env)
+    }
+
     /// Like [`Worker::play`] with the task file's exact contents.
     pub fn play_raw(task_file: &str, env: &[(&str, &str)]) -> Running {
+        Self::spawn(task_file, &[], env)
+    }
+
+    fn spawn(task_file: &str, unset: &[&str], env: &[(&str, &str)]) -> Running {
         let dir = tempfile::Builder::new()
             .prefix("vodfleet-worker-")
             .tempdir()
@@ -76,6 +88,9 @@ impl Worker {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
+        for k in unset {
+            cmd.env_remove(k);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

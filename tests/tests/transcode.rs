@@ -68,6 +68,18 @@ fn transcode(source: &Media, fops: Value, want: Want) {
         rec.video_secs()
     );
     assert!(!rec.audio.is_empty(), "no audio recorded");
+    // Audio and picture start and end together (encoder priming and frame
+    // threading must not shift one against the other).
+    let (vs, as_) = (probe::start(&rec.video), probe::start(&rec.audio));
+    assert!(
+        (vs - as_).abs() <= 0.05,
+        "audio starts at {as_:.3} s, video at {vs:.3} s"
+    );
+    let (ve, ae) = (probe::end(&rec.video), probe::end(&rec.audio));
+    assert!(
+        (ve - ae).abs() <= 0.05,
+        "audio ends at {ae:.3} s, video at {ve:.3} s"
+    );
     rec.assert_monotonic();
     rec.assert_decodes_cleanly();
     w.assert_not_printed(&key);

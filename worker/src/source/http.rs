@@ -77,7 +77,19 @@ impl Fetch<'_> {
         let mut resp = self
             .bounded(attempt, "waiting for response headers", req.send())
             .await?
-            .map_err(|e| self.err(attempt, ErrorKind::Retry, describe(&e)))?;
+            .map_err(|e| {
+                if e.is_redirect() {
+                    // Our redirect policy said no (policy refusal, too many hops, a
+                    // non-HTTP target): asking again cannot change the answer.
+                    WorkerError::Policy {
+                        task: self.task_id.to_owned(),
+                        url: redact::source(self.url),
+                        reason: describe(&e),
+                    }
+                } else {
+                    self.err(attempt, ErrorKind::Retry, describe(&e))
+                }
+            })?;
         let status = resp.status();
         let append = match status.as_u16() {
             200 => false,
