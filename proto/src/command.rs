@@ -530,8 +530,8 @@ fn task(
 
 fn source(at: &FieldPath, s: wire::Src) -> Result<SourceSpec, FieldError> {
     let url = check_url(&at.key("url"), &s.url, &["http", "https", "rtsp", "vod"])?;
-    if url.starts_with("vod://") {
-        check_vod_name(&at.key("url"), &url["vod://".len()..])?;
+    if let Some(name) = url.strip_prefix("vod://") {
+        check_vod_name(&at.key("url"), name)?;
     }
     let cut = match (s.relofftime.as_deref(), s.absofftime.as_deref()) {
         (Some(r), _) if !r.is_empty() => {

@@ -506,16 +506,12 @@ impl Task {
             p.config = o.config[p.track as usize].clone();
         }
         let deadline = o.pacer.deadline(p.dts_us);
-        loop {
-            let now = o.pacer.now();
-            if now >= deadline {
-                break;
-            }
+        let now = o.pacer.now();
+        if now < deadline {
             // The only wait in the pipeline: it ends at the deadline or on a control message.
             match self.control.recv_timeout(deadline - now) {
-                Ok(Control::Stop) => return Err(Halt::Stop),
-                Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => return Err(Halt::Stop),
+                Err(RecvTimeoutError::Timeout) => {}
+                Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => return Err(Halt::Stop),
             }
         }
         self.status
