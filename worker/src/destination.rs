@@ -16,8 +16,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use vodfleet_proto::fleet::DestinationState;
 use vodfleet_proto::redact;
-use vodfleet_proto::work::DestinationState;
 
 /// Codec configuration of the output tracks, as the first FLV header states it.
 #[derive(Clone)]

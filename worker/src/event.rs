@@ -7,7 +7,7 @@
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use vodfleet_proto::work::DestinationState;
+use vodfleet_proto::fleet::DestinationState;
 use vodfleet_proto::Position;
 
 #[derive(Debug, Clone, Serialize)]

@@ -1,0 +1,197 @@
+//! The fleet's wire contract (DESIGN §4): RabbitMQ topology, the messages that
+//! cross it, and the Redis key layout. Coordinators and workers meet only here.
+//!
+//! See docs/design/fleet.md for the lease protocol these messages implement.
+
+use crate::command::TaskSpec;
+use crate::position::Position;
+use serde::{Deserialize, Serialize};
+
+/// Durable quorum queue producers publish seed-001 command bodies to.
+pub const COMMANDS_QUEUE: &str = "vodfleet.commands";
+/// Where refused and poison commands go, with the reason in the `x-vodfleet-reason` header.
+pub const COMMANDS_DEAD_QUEUE: &str = "vodfleet.commands.dead";
+/// Work orders (one per lease issued); workers consume with prefetch = free slots.
+pub const WORK_QUEUE: &str = "vodfleet.work";
+/// Heartbeats and task events from workers to coordinators.
+pub const EVENTS_QUEUE: &str = "vodfleet.events";
+/// Direct exchange for messages to one worker; the routing key is the worker id.
+pub const CONTROL_EXCHANGE: &str = "vodfleet.control";
+/// Redeliveries of one command before RabbitMQ dead-letters it (poison message).
+pub const COMMAND_DELIVERY_LIMIT: u32 = 5;
+/// Header carrying why a command was dead-lettered.
+pub const REASON_HEADER: &str = "x-vodfleet-reason";
+
+/// The queue a worker consumes its control messages from (exclusive, auto-delete).
+pub fn control_queue(worker_id: &str) -> String {
+    format!("vodfleet.control.{worker_id}")
+}
+
+/// Redis keys. The `{ID}` hash tag keeps one task's keys in one cluster slot.
+pub mod keys {
+    /// Hash with the task's state (see docs/design/fleet.md for its fields).
+    pub fn task(id: &str) -> String {
+        format!("vodfleet:task:{{{id}}}")
+    }
+    /// The 48 h resume record (JSON [`super::ResumeRecord`]), TTL [`RESUME_TTL_SECS`].
+    pub fn resume(id: &str) -> String {
+        format!("vodfleet:resume:{{{id}}}")
+    }
+    /// Sorted set of task ids by next deadline (start time, lease expiry, end time).
+    pub const DUE: &str = "vodfleet:due";
+    /// Set of every task id the fleet knows (for listings).
+    pub const TASKS: &str = "vodfleet:tasks";
+    /// Marker of an applied command (idempotency), by message id or body digest.
+    pub fn applied(digest: &str) -> String {
+        format!("vodfleet:applied:{digest}")
+    }
+    /// 48 hours, as DESIGN §3 and the seed require.
+    pub const RESUME_TTL_SECS: u64 = 172_800;
+}
+
+/// State of one destination as a worker sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DestinationState {
+    Connecting,
+    Live,
+    Reconnecting,
+    Failed,
+    Stopped,
+}
+
+/// What the coordinator hands a worker: a lease on one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkOrder {
+    pub task_id: String,
+    /// Fencing token: only grows. A worker must stop publishing a task whose
+    /// epoch the coordinator no longer confirms.
+    pub epoch: u64,
+    pub spec: TaskSpec,
+    /// Where to continue (failover, hand-off, cmd 5); `None` starts at `spec.first_item`.
+    pub resume: Option<Position>,
+    /// When the order was issued (Unix ms), for pickup latency.
+    pub issued_ms: u64,
+}
+
+/// One task's line in a heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskBeat {
+    pub task_id: String,
+    pub epoch: u64,
+    pub position: Position,
+    /// Per destination, in `spec.forwards` order.
+    pub destinations: Vec<DestinationState>,
+}
+
+/// Worker → coordinators, on [`EVENTS_QUEUE`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WorkerMessage {
+    /// Every ~2 s from each worker, listing each task it runs. `seq` grows per
+    /// worker; the coordinator echoes it in [`ToWorker::LeaseAck`].
+    Heartbeat {
+        worker_id: String,
+        seq: u64,
+        sent_ms: u64,
+        free_slots: u32,
+        tasks: Vec<TaskBeat>,
+    },
+    /// SIGTERM drain: the worker stopped this task at `position`; re-issue it now.
+    Released {
+        worker_id: String,
+        task_id: String,
+        epoch: u64,
+        position: Position,
+    },
+    /// The task ended on the worker: loop count reached, `end` passed, or failed.
+    Finished {
+        worker_id: String,
+        task_id: String,
+        epoch: u64,
+        position: Position,
+        error: Option<String>,
+    },
+    /// Something a producer may want a callback for (DESIGN §2.4).
+    Event {
+        worker_id: String,
+        task_id: String,
+        epoch: u64,
+        event: TaskEvent,
+    },
+}
+
+/// Callback-worthy happenings on a worker. `seq` is unique per (task, epoch), so
+/// `event_id` = `{task_id}:{epoch}:{seq}` de-duplicates redeliveries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    pub seq: u64,
+    pub kind: EventKind,
+    /// Index into `spec.sources` (file_started) or `spec.forwards` (forward_failed).
+    pub index: Option<usize>,
+    pub message: String,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Started,
+    FileStarted,
+    ForwardFailed,
+    Finished,
+    Stopped,
+    Resumed,
+    Failed,
+}
+
+/// Coordinator → one worker, on [`CONTROL_EXCHANGE`] with the worker id as routing key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ToWorker {
+    /// Answer to heartbeat `seq`: leases renewed (epoch still current) and revoked
+    /// (stop at once). A task in neither list was not decided by this answer.
+    LeaseAck {
+        seq: u64,
+        renewed: Vec<(String, u64)>,
+        revoked: Vec<(String, u64)>,
+    },
+    /// Stop some destinations (by URL, as given in the spec) or, with `None`, the task.
+    Stop {
+        task_id: String,
+        epoch: u64,
+        forwards: Option<Vec<String>>,
+    },
+    /// cmd 3: replace the source list, now or after the current item.
+    Update {
+        task_id: String,
+        epoch: u64,
+        sources: Vec<crate::command::SourceSpec>,
+        wait_current: bool,
+    },
+}
+
+/// What `vodfleet:resume:{ID}` holds for 48 h after a task is stopped (cmd 2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResumeRecord {
+    pub spec: TaskSpec,
+    pub position: Position,
+    pub stopped_ms: u64,
+}
+
+/// The lifecycle of a task as coordinators record it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Waiting for its start time.
+    Scheduled,
+    /// A work order is out; no worker has confirmed it yet.
+    Leased,
+    /// A worker heartbeats it.
+    Running,
+    /// Stopped by cmd 2; a resume record exists.
+    Stopped,
+    /// Ended on its own (loop count, end time).
+    Finished,
+    Failed,
+}
