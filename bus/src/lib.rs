@@ -1,0 +1,229 @@
+//! RabbitMQ for vodfleet (DESIGN §4): one place that knows the topology.
+//!
+//! Every process calls [`Bus::connect`] at start and again after a connection
+//! loss; it declares the whole topology each time (declarations are idempotent),
+//! so a restarted broker is rebuilt by whoever reconnects first. Publishing uses
+//! publisher confirms: `publish_json` returns only once the broker has the message.
+
+use backon::{ExponentialBuilder, Retryable};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use serde::Serialize;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use vodfleet_proto::fleet::{
+    COMMANDS_DEAD_QUEUE, COMMANDS_QUEUE, COMMAND_DELIVERY_LIMIT, CONTROL_EXCHANGE, EVENTS_QUEUE,
+    WORK_QUEUE,
+};
+
+pub use lapin;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("RabbitMQ did not confirm the message (nack)")]
+    Nacked,
+    #[error("encoding a message: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("stopped")]
+    Cancelled,
+}
+
+/// A connection with one confirming publisher channel.
+pub struct Bus {
+    conn: Connection,
+    publisher: Channel,
+}
+
+impl Bus {
+    /// Connects and declares the topology once.
+    pub async fn connect(url: &str, name: &str) -> Result<Bus, BusError> {
+        let props = ConnectionProperties::default()
+            .with_connection_name(name.into())
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio);
+        let conn = Connection::connect(url, props).await?;
+        let publisher = conn.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        declare(&publisher).await?;
+        Ok(Bus { conn, publisher })
+    }
+
+    /// Connects, retrying with backoff until it works or `cancel` fires.
+    pub async fn connect_with_retry(
+        url: &str,
+        name: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Bus, BusError> {
+        let attempt = || async { Bus::connect(url, name).await };
+        let retrying = attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(5))
+                    .without_max_times(),
+            )
+            .notify(|e, d| tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "RabbitMQ unreachable; retrying"));
+        tokio::select! {
+            r = retrying => r,
+            _ = cancel.cancelled() => Err(BusError::Cancelled),
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.conn.status().connected()
+    }
+
+    /// Publishes `msg` as persistent JSON and waits for the broker's confirm.
+    pub async fn publish_json<T: Serialize>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        msg: &T,
+    ) -> Result<(), BusError> {
+        let body = serde_json::to_vec(msg)?;
+        self.publish(exchange, routing_key, &body, json_props())
+            .await
+    }
+
+    /// Publishes raw bytes with the given properties and waits for the confirm.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), BusError> {
+        let confirm = self
+            .publisher
+            .basic_publish(
+                exchange,
+                routing_key,
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await?
+            .await?;
+        if confirm.is_nack() {
+            return Err(BusError::Nacked);
+        }
+        Ok(())
+    }
+
+    /// A consumer on its own channel, with at most `prefetch` unacked deliveries.
+    pub async fn consume(
+        &self,
+        queue: &str,
+        tag: &str,
+        prefetch: u16,
+    ) -> Result<(Channel, Consumer), BusError> {
+        let ch = self.conn.create_channel().await?;
+        ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        let consumer = ch
+            .basic_consume(
+                queue,
+                tag,
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((ch, consumer))
+    }
+
+    /// A fresh channel on this connection (for declarations of one's own).
+    pub async fn channel(&self) -> Result<Channel, BusError> {
+        Ok(self.conn.create_channel().await?)
+    }
+
+    /// Declares this worker's exclusive control queue, bound to its id; returns its name.
+    pub async fn declare_control_queue(&self, worker_id: &str) -> Result<String, BusError> {
+        let name = vodfleet_proto::fleet::control_queue(worker_id);
+        let opts = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        self.publisher
+            .queue_declare(&name, opts, FieldTable::default())
+            .await?;
+        self.publisher
+            .queue_bind(
+                &name,
+                CONTROL_EXCHANGE,
+                worker_id,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(name)
+    }
+
+    pub async fn close(&self) {
+        let _ = self.conn.close(200, "bye").await;
+    }
+}
+
+/// Persistent JSON message properties.
+pub fn json_props() -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from("application/json"))
+}
+
+/// Declares queues and exchanges of DESIGN §4 (idempotent).
+pub async fn declare(ch: &Channel) -> Result<(), BusError> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let quorum = |extra: &[(&str, AMQPValue)]| {
+        let mut t = FieldTable::default();
+        t.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        for (k, v) in extra {
+            t.insert((*k).into(), v.clone());
+        }
+        t
+    };
+    ch.queue_declare(COMMANDS_DEAD_QUEUE, durable, quorum(&[]))
+        .await?;
+    ch.queue_declare(
+        COMMANDS_QUEUE,
+        durable,
+        quorum(&[
+            (
+                "x-delivery-limit",
+                AMQPValue::LongInt(COMMAND_DELIVERY_LIMIT as i32),
+            ),
+            ("x-dead-letter-exchange", AMQPValue::LongString("".into())),
+            (
+                "x-dead-letter-routing-key",
+                AMQPValue::LongString(COMMANDS_DEAD_QUEUE.into()),
+            ),
+        ]),
+    )
+    .await?;
+    ch.queue_declare(WORK_QUEUE, durable, quorum(&[])).await?;
+    ch.queue_declare(EVENTS_QUEUE, durable, quorum(&[])).await?;
+    ch.exchange_declare(
+        CONTROL_EXCHANGE,
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(())
+}
