@@ -72,6 +72,10 @@ pub struct WorkOrder {
     pub resume: Option<Position>,
     /// When the order was issued (Unix ms), for pickup latency.
     pub issued_ms: u64,
+    /// The producer's `transcallbackurl`, returned in [`WorkerMessage::Reclaim`]
+    /// so a Redis that lost its data can be rebuilt from the workers.
+    #[serde(default)]
+    pub callback_url: Option<String>,
 }
 
 /// One task's line in a heartbeat.
@@ -112,6 +116,9 @@ pub enum WorkerMessage {
         position: Position,
         error: Option<String>,
     },
+    /// Answer to [`ToWorker::LeaseAck`]'s `unknown`: Redis lost this task (restarted
+    /// empty); here is everything needed to record it again at the same epoch.
+    Reclaim { worker_id: String, task_id: String, epoch: u64, spec: TaskSpec, position: Position, callback_url: Option<String> },
     /// Something a producer may want a callback for (DESIGN §2.4).
     Event {
         worker_id: String,
