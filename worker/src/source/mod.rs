@@ -6,7 +6,8 @@
 //! earlier ones play, and each URL is fetched once per task however often it loops.
 
 mod http;
-pub mod policy;
+
+use vodfleet_net as policy;
 
 use crate::config::Config;
 use crate::error::WorkerError;

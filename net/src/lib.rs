@@ -1,4 +1,4 @@
-//! Which network addresses a source (or callback) may reach.
+//! Which network addresses an outbound fetch (a source, a watermark, a callback) may reach.
 //!
 //! The check runs where addresses become concrete: in the DNS resolver handed to
 //! the HTTP client (so every connection, including each redirect hop, is checked
