@@ -162,6 +162,10 @@ pub enum ToWorker {
         seq: u64,
         renewed: Vec<(String, u64)>,
         revoked: Vec<(String, u64)>,
+        /// Tasks Redis does not know (it restarted empty): counted as renewed; the
+        /// worker answers each with [`WorkerMessage::Reclaim`].
+        #[serde(default)]
+        unknown: Vec<(String, u64)>,
     },
     /// Stop some destinations (by URL, as given in the spec) or, with `None`, the task.
     Stop {
