@@ -1,28 +1,226 @@
 //! vodfleet-coordinator: the fleet's control plane (DESIGN §4).
 //!
-//! Not built yet: intake, leases and resume records are the subject of the
-//! fleet issue. Until then the binary only validates a command body, so the
-//! contract in `vodfleet-proto` can be exercised from the shell.
+//! Stateless replicas: everything lives in Redis, every transition of a task is
+//! one atomic script, so any number may run side by side. Each replica consumes
+//! commands and worker events, runs the reaper, and serves the HTTP API.
 
-use std::io::Read;
+mod api;
+mod callback;
+mod config;
+mod ctx;
+mod intake;
+mod lease;
+mod metrics;
+mod store;
 
-fn main() -> anyhow::Result<()> {
-    let mut body = Vec::new();
-    std::io::stdin().read_to_end(&mut body)?;
-    match vodfleet_proto::parse_command(&body) {
-        Ok(cmd) => {
-            println!(
-                "{}",
-                serde_json::json!({"http_code": "200", "msg": "receive task success!", "warnings": cmd.warnings})
-            );
-            Ok(())
+use anyhow::Context as _;
+use futures_util::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use vodfleet_bus::lapin::options::{BasicAckOptions, BasicNackOptions};
+use vodfleet_bus::Bus;
+use vodfleet_proto::fleet::{WorkerMessage, COMMANDS_QUEUE, EVENTS_QUEUE};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VODFLEET_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cfg = config::Config::from_env()
+        .map_err(anyhow::Error::msg)
+        .context("configuration")?;
+    if cfg.auth_disabled {
+        tracing::warn!("VODFLEET_AUTH_DISABLED is set: the HTTP API accepts unsigned requests (development only)");
+    }
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let metrics = Arc::new(metrics::Metrics::new());
+    let store = connect_store(&cfg.redis_url, &cancel).await?;
+    let callbacks = callback::Callbacks::spawn(
+        metrics.clone(),
+        cfg.callback_key.clone(),
+        cfg.allow_private_networks,
+        cfg.callback_attempts,
+        cfg.retry_backoff,
+        &tracker,
+        cancel.clone(),
+    );
+    let ctx = Arc::new(ctx::Ctx {
+        cfg: cfg.clone(),
+        store,
+        bus: ctx::BusSlot::default(),
+        metrics,
+        callbacks,
+    });
+
+    tracker.spawn(supervise_bus(ctx.clone(), cancel.clone()));
+    tracker.spawn(every(Duration::from_millis(250), cancel.clone(), {
+        let ctx = ctx.clone();
+        move || {
+            let ctx = ctx.clone();
+            async move {
+                if let Err(e) = lease::reap(&ctx).await {
+                    tracing::warn!(error = %e, "reaper pass failed");
+                }
+            }
         }
-        Err(e) => {
-            println!(
-                "{}",
-                serde_json::json!({"http_code": e.kind.http_code().to_string(), "msg": e.to_string()})
-            );
-            std::process::exit(2)
+    }));
+    tracker.spawn(every(Duration::from_secs(5), cancel.clone(), {
+        let ctx = ctx.clone();
+        move || {
+            let ctx = ctx.clone();
+            async move {
+                let _ = lease::count_states(&ctx).await;
+            }
         }
+    }));
+
+    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+        .await
+        .with_context(|| format!("binding {}", cfg.http_addr))?;
+    tracing::info!(addr = %cfg.http_addr, "HTTP API listening");
+    let server = axum::serve(listener, api::router(ctx.clone()))
+        .with_graceful_shutdown(cancel.clone().cancelled_owned());
+    let http = tokio::spawn(async move { server.await });
+
+    wait_for_signal().await;
+    tracing::info!("shutting down; a second signal exits at once");
+    cancel.cancel();
+    tokio::spawn(async {
+        wait_for_signal().await;
+        std::process::exit(130);
+    });
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        tracker.wait().await;
+        let _ = http.await;
+    })
+    .await;
+    if let Some(b) = ctx.bus.get().await {
+        b.close().await;
+    }
+    Ok(())
+}
+
+async fn connect_store(url: &str, cancel: &CancellationToken) -> anyhow::Result<store::Store> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match store::Store::connect(url).await {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Redis unreachable; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = cancel.cancelled() => anyhow::bail!("stopped before Redis answered"),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Keeps a RabbitMQ connection: consumes commands and worker events, and
+/// reconnects (redeclaring the topology) whenever the connection is lost.
+async fn supervise_bus(ctx: Arc<ctx::Ctx>, cancel: CancellationToken) {
+    loop {
+        let Ok(bus) =
+            Bus::connect_with_retry(&ctx.cfg.amqp_url, "vodfleet-coordinator", &cancel).await
+        else {
+            return;
+        };
+        let bus = Arc::new(bus);
+        ctx.bus.set(Some(bus.clone())).await;
+        tracing::info!("connected to RabbitMQ; topology declared");
+        let consumers = async {
+            let (_c1, mut commands) = bus
+                .consume(COMMANDS_QUEUE, "coordinator-commands", 16)
+                .await?;
+            let (_c2, mut events) = bus.consume(EVENTS_QUEUE, "coordinator-events", 256).await?;
+            let cmd_loop = async {
+                while let Some(d) = commands.next().await {
+                    match d {
+                        Ok(d) => intake::handle(&ctx, d).await,
+                        Err(e) => return Err::<(), vodfleet_bus::BusError>(e.into()),
+                    }
+                }
+                Ok(())
+            };
+            let ev_loop = async {
+                while let Some(d) = events.next().await {
+                    let d = d.map_err(vodfleet_bus::BusError::from)?;
+                    match serde_json::from_slice::<WorkerMessage>(&d.data) {
+                        Ok(msg) => match lease::with_retry("worker message", || {
+                            lease::handle(&ctx, msg.clone())
+                        })
+                        .await
+                        {
+                            Ok(()) => {
+                                let _ = d.ack(BasicAckOptions::default()).await;
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "worker message not handled; returning it to the queue");
+                                let _ = d
+                                    .nack(BasicNackOptions {
+                                        requeue: true,
+                                        ..Default::default()
+                                    })
+                                    .await;
+                            }
+                        },
+                        Err(e) => {
+                            tracing::warn!(error = %e, "unreadable worker message dropped");
+                            let _ = d.ack(BasicAckOptions::default()).await;
+                        }
+                    }
+                }
+                Ok::<(), vodfleet_bus::BusError>(())
+            };
+            tokio::select! {
+                r = cmd_loop => r,
+                r = ev_loop => r,
+            }
+        };
+        let outcome: Result<(), vodfleet_bus::BusError> = tokio::select! {
+            r = consumers => r,
+            _ = cancel.cancelled() => return,
+        };
+        ctx.bus.set(None).await;
+        match outcome {
+            Ok(()) => tracing::warn!("RabbitMQ consumer ended; reconnecting"),
+            Err(e) => tracing::warn!(error = %e, "RabbitMQ connection lost; reconnecting"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs `f` every `period` until cancelled.
+async fn every<F, Fut>(period: Duration, cancel: CancellationToken, f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => f().await,
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }

@@ -1,0 +1,176 @@
+//! HTTP on the coordinator (DESIGN §2.2, §2.5).
+//!
+//! `POST /api/cdn/v2/forwardRequest.action` (the seed's path) and
+//! `POST /v1/commands` validate a command and publish it to `vodfleet.commands`,
+//! so HTTP and AMQP producers share one intake path. `GET /v1/tasks[/{id}]`
+//! read Redis. All of these need an HMAC-SHA256 signature (docs in
+//! `vodfleet_proto::sign`); `/metrics`, `/healthz` and `/readyz` do not.
+
+use crate::ctx::{now_ms, Ctx};
+use crate::intake::response;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use std::sync::Arc;
+use vodfleet_proto::command::MAX_BODY_BYTES;
+use vodfleet_proto::fleet::COMMANDS_QUEUE;
+use vodfleet_proto::{parse_command, sign, Cmd, FieldError};
+
+pub fn router(ctx: Arc<Ctx>) -> Router {
+    Router::new()
+        .route("/api/cdn/v2/forwardRequest.action", post(command))
+        .route("/v1/commands", post(command))
+        .route("/v1/tasks", get(list))
+        .route("/v1/tasks/{id}", get(one))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        // A little over the command limit so an oversized body gets our own 400, not a bare 413.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES + 1024))
+        .with_state(ctx)
+}
+
+fn seed_error(code: u16, msg: &str) -> Response {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
+    (status, Json(response(code, msg))).into_response()
+}
+
+/// Why a request is not let in: (HTTP code, message).
+type Refusal = (u16, String);
+
+/// Checks the request's signature.
+async fn check_signature(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> Result<(), Refusal> {
+    if ctx.cfg.auth_disabled {
+        return Ok(());
+    }
+    let h = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let forbid = |why: &str| Err((403, format!("forbidden: {why}")));
+    let (Some(key_id), Some(ts), Some(sig)) = (
+        h(sign::KEY_ID_HEADER),
+        h(sign::TIMESTAMP_HEADER),
+        h(sign::SIGNATURE_HEADER),
+    ) else {
+        return forbid("the request is not signed (x-vodfleet-key-id, x-vodfleet-timestamp, x-vodfleet-signature)");
+    };
+    let Ok(ts) = ts.parse::<u64>() else {
+        return forbid("x-vodfleet-timestamp is not Unix seconds");
+    };
+    let now = now_ms() / 1000;
+    if now.abs_diff(ts) > sign::MAX_SKEW_SECS {
+        return forbid("the timestamp is more than 300 s from the server's clock");
+    }
+    let Some((_, secret)) = ctx.cfg.api_keys.iter().find(|(id, _)| *id == key_id) else {
+        return forbid("unknown key id");
+    };
+    if !sign::verify(secret, ts, body, &sig) {
+        return forbid("bad signature");
+    }
+    // A signature is good once: remembered (in Redis, shared by every replica) for the skew window.
+    let mut c = ctx.store.conn();
+    let fresh: Option<String> = redis::cmd("SET")
+        .arg(format!("vodfleet:replay:{sig}"))
+        .arg(1)
+        .arg("NX")
+        .arg("EX")
+        .arg(2 * sign::MAX_SKEW_SECS)
+        .query_async(&mut c)
+        .await
+        .map_err(|_| (503, "cannot check for replays right now".to_owned()))?;
+    if fresh.is_none() {
+        return forbid("this signed request was already used (replay)");
+    }
+    Ok(())
+}
+
+async fn authenticate(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> Result<(), Response> {
+    check_signature(ctx, headers, body)
+        .await
+        .map_err(|(code, msg)| seed_error(code, &msg))
+}
+
+async fn command(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = authenticate(&ctx, &headers, &body).await {
+        ctx.metrics
+            .commands
+            .with_label_values(&["http", "forbidden"])
+            .inc();
+        return r;
+    }
+    let now = now_ms();
+    let checked = parse_command(&body).and_then(|c| {
+        if c.cmd == Cmd::Start {
+            c.check_timing(now, ctx.cfg.min_window.as_millis() as u64)?;
+        }
+        Ok(c)
+    });
+    if let Err(e) = checked {
+        ctx.metrics
+            .commands
+            .with_label_values(&["http", "rejected"])
+            .inc();
+        return field_error(&e);
+    }
+    let Some(bus) = ctx.bus.get().await else {
+        return seed_error(503, "the command queue is unavailable; try again");
+    };
+    if let Err(e) = bus
+        .publish("", COMMANDS_QUEUE, &body, vodfleet_bus::json_props())
+        .await
+    {
+        tracing::warn!(error = %e, "HTTP command not queued");
+        return seed_error(503, "the command queue is unavailable; try again");
+    }
+    (StatusCode::OK, Json(response(200, "receive task success!"))).into_response()
+}
+
+fn field_error(e: &FieldError) -> Response {
+    seed_error(e.kind.http_code(), &e.to_string())
+}
+
+async fn list(State(ctx): State<Arc<Ctx>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authenticate(&ctx, &headers, b"").await {
+        return r;
+    }
+    match ctx.store.list().await {
+        Ok(tasks) => Json(serde_json::json!({ "tasks": tasks })).into_response(),
+        Err(e) => seed_error(503, &format!("task store unavailable: {e}")),
+    }
+}
+
+async fn one(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(r) = authenticate(&ctx, &headers, b"").await {
+        return r;
+    }
+    match ctx.store.get(&id).await {
+        Ok(Some(t)) => Json(t).into_response(),
+        Ok(None) => seed_error(404, &format!("no task {id:?}")),
+        Err(e) => seed_error(503, &format!("task store unavailable: {e}")),
+    }
+}
+
+async fn metrics(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        ctx.metrics.render(),
+    )
+}
+
+async fn ready(State(ctx): State<Arc<Ctx>>) -> Response {
+    let bus = ctx.bus.get().await.is_some_and(|b| b.is_connected());
+    let redis = ctx.store.ping().await;
+    let body = serde_json::json!({"rabbitmq": bus, "redis": redis});
+    let status = if bus && redis {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}

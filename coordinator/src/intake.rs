@@ -1,0 +1,470 @@
+//! Commands from `vodfleet.commands` (DESIGN §2.1, §3, §4.2).
+//!
+//! Validate, apply once (idempotent by message id or body digest), answer the
+//! producer if it asked (`reply_to`), then ack. A refused command is answered
+//! with 400/403 and a message naming the field, gets a failure callback when a
+//! URL was given, and is republished to `vodfleet.commands.dead` with the reason;
+//! it changes nothing in Redis. A message that keeps crashing us is
+//! dead-lettered by RabbitMQ itself after the delivery limit.
+
+use crate::callback::{payload, Callback};
+use crate::ctx::{now_ms, Ctx};
+use crate::store::{Seen, StoreError, TaskRecord};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+use vodfleet_bus::lapin::message::Delivery;
+use vodfleet_bus::lapin::options::{BasicAckOptions, BasicNackOptions};
+use vodfleet_bus::lapin::types::{AMQPValue, FieldTable, ShortString};
+use vodfleet_bus::lapin::BasicProperties;
+use vodfleet_proto::fleet::{ToWorker, WorkOrder, COMMANDS_DEAD_QUEUE, REASON_HEADER};
+use vodfleet_proto::{parse_command, Cmd, Command, FieldError, TaskSpec};
+
+/// How long a body digest marks a command as applied: long enough for
+/// redeliveries and producer retries, short enough that the same body sent
+/// again on purpose later (stop, resume, stop) is a new command. A message id
+/// is the producer's own identity for a command and is kept a day.
+const BODY_DIGEST_TTL_SECS: u64 = 600;
+const MESSAGE_ID_TTL_SECS: u64 = 86_400;
+
+pub enum ApplyError {
+    Reject(FieldError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for ApplyError {
+    fn from(e: StoreError) -> Self {
+        ApplyError::Store(e)
+    }
+}
+
+/// The seed's response body.
+pub fn response(code: u16, msg: &str) -> serde_json::Value {
+    serde_json::json!({"http_code": code.to_string(), "msg": msg, "call_time": now_ms()})
+}
+
+pub async fn handle(ctx: &Ctx, d: Delivery) {
+    let message_id = d.properties.message_id().as_ref().map(|m| m.to_string());
+    let digest = match &message_id {
+        Some(m) => format!("m:{}", hex::encode(Sha256::digest(m.as_bytes()))),
+        None => format!("b:{}", hex::encode(Sha256::digest(&d.data))),
+    };
+    let now = now_ms();
+    let cmd = match parse_command(&d.data).and_then(|c| timing(ctx, c, now)) {
+        Ok(c) => c,
+        Err(e) => return refuse(ctx, &d, e, None).await,
+    };
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let r = match ctx.store.seen(&digest).await {
+            Ok(Seen::Done) => {
+                ctx.metrics
+                    .commands
+                    .with_label_values(&[cmd.cmd.code(), "duplicate"])
+                    .inc();
+                reply(ctx, &d, 200, "receive task success!").await;
+                ack(&d).await;
+                return;
+            }
+            Ok(Seen::New) => apply(ctx, &cmd, now_ms()).await,
+            Err(e) => Err(ApplyError::Store(e)),
+        };
+        match r {
+            Ok(()) => {
+                let ttl = if message_id.is_some() {
+                    MESSAGE_ID_TTL_SECS
+                } else {
+                    BODY_DIGEST_TTL_SECS
+                };
+                if let Err(e) = ctx.store.mark_applied(&digest, ttl).await {
+                    tracing::warn!(error = %e, "could not mark a command applied; a redelivery would apply it again");
+                }
+                ctx.metrics
+                    .commands
+                    .with_label_values(&[cmd.cmd.code(), "accepted"])
+                    .inc();
+                tracing::info!(
+                    cmd = cmd.cmd.code(),
+                    tasks = cmd.tasks.len(),
+                    "command applied"
+                );
+                reply(ctx, &d, 200, "receive task success!").await;
+                ack(&d).await;
+                return;
+            }
+            Err(ApplyError::Reject(e)) => return refuse(ctx, &d, e, Some(&cmd)).await,
+            Err(ApplyError::Store(e)) if e.is_transient() && delay < Duration::from_secs(30) => {
+                // Redis is restarting: hold the delivery and try again rather than bounce it
+                // towards the delivery limit.
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Redis unavailable while applying a command");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(ApplyError::Store(e)) => {
+                tracing::error!(error = %e, "command not applied; returning it to the queue");
+                let _ = d
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
+                return;
+            }
+        }
+    }
+}
+
+fn timing(ctx: &Ctx, c: Command, now: u64) -> Result<Command, FieldError> {
+    if c.cmd == Cmd::Start {
+        c.check_timing(now, ctx.cfg.min_window.as_millis() as u64)?;
+    }
+    Ok(c)
+}
+
+async fn apply(ctx: &Ctx, cmd: &Command, now: u64) -> Result<(), ApplyError> {
+    match cmd.cmd {
+        Cmd::Start => {
+            for spec in &cmd.tasks {
+                start(ctx, spec, cmd.callback_url.as_deref(), now, None).await?;
+            }
+        }
+        Cmd::Terminate => {
+            for (i, spec) in cmd.tasks.iter().enumerate() {
+                terminate(ctx, i, spec, now).await?;
+            }
+        }
+        Cmd::Update => {
+            for (i, spec) in cmd.tasks.iter().enumerate() {
+                update(ctx, i, spec, now).await?;
+            }
+        }
+        Cmd::Resume => {
+            // Every task must have its record before anything changes.
+            let mut records = Vec::new();
+            for (i, spec) in cmd.tasks.iter().enumerate() {
+                match ctx.store.resume_record(&spec.id).await? {
+                    Some(r) => records.push(r),
+                    None => {
+                        return Err(ApplyError::Reject(FieldError::new(
+                            format!("list[{i}].id"),
+                            format!("no resume record for task {:?}: it was not stopped with cmd \"2\", or the record is older than 48 h", spec.id),
+                        )))
+                    }
+                }
+            }
+            for (i, (spec, (record, callback))) in cmd.tasks.iter().zip(records).enumerate() {
+                let mut resumed = record.spec.clone();
+                for (j, f) in spec.forwards.iter().enumerate() {
+                    let Some(reset) = &f.reset_url else { continue };
+                    match resumed.forwards.iter_mut().find(|o| o.url == f.url) {
+                        Some(o) => o.url = reset.clone(),
+                        None => {
+                            return Err(ApplyError::Reject(FieldError::new(
+                                format!("list[{i}].forward[{j}].url"),
+                                "is not a destination of the stopped task, so it cannot be reset",
+                            )))
+                        }
+                    }
+                }
+                let cb = cmd.callback_url.clone().or(callback);
+                start(ctx, &resumed, cb.as_deref(), now, Some(record.position)).await?;
+                ctx.store.delete_resume(&spec.id).await?;
+                if let Some(url) = cb {
+                    let id = format!("{}:resumed:{now}", spec.id);
+                    ctx.callbacks.send(Callback {
+                        url,
+                        payload: payload(
+                            "resumed",
+                            0,
+                            "Resumed",
+                            Cmd::Resume,
+                            &resumed,
+                            None,
+                            &id,
+                            now,
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Records a run and issues its lease (or schedules it), fencing a previous run.
+async fn start(
+    ctx: &Ctx,
+    spec: &TaskSpec,
+    callback: Option<&str>,
+    now: u64,
+    resume: Option<vodfleet_proto::Position>,
+) -> Result<(), ApplyError> {
+    let scheduled = spec.start_ms.is_some_and(|s| s > now);
+    let started = ctx
+        .store
+        .start(
+            spec,
+            callback,
+            now,
+            ctx.ttl_ms(),
+            scheduled,
+            resume.as_ref(),
+        )
+        .await?;
+    if let Some(w) = &started.old_worker {
+        ctx.tell(
+            w,
+            &ToWorker::Stop {
+                task_id: spec.id.clone(),
+                epoch: started.old_epoch,
+                forwards: None,
+            },
+        )
+        .await;
+    }
+    if !scheduled {
+        ctx.metrics.leases_issued.inc();
+        ctx.publish_order(&WorkOrder {
+            task_id: spec.id.clone(),
+            epoch: started.epoch,
+            spec: spec.clone(),
+            resume,
+            issued_ms: now,
+            callback_url: callback.map(str::to_owned),
+        })
+        .await;
+    }
+    Ok(())
+}
+
+async fn terminate(ctx: &Ctx, i: usize, spec: &TaskSpec, now: u64) -> Result<(), ApplyError> {
+    let Some(TaskRecord {
+        spec: mut stored,
+        state,
+        epoch,
+        worker,
+        callback,
+    }) = ctx.store.record(&spec.id).await?
+    else {
+        return Err(ApplyError::Reject(FieldError::new(
+            format!("list[{i}].id"),
+            format!("no task {:?} is known", spec.id),
+        )));
+    };
+    if matches!(state.as_str(), "stopped" | "finished" | "failed") {
+        return Ok(()); // already over: stopping it again changes nothing
+    }
+    let mut stopping = Vec::new();
+    for (j, f) in spec.forwards.iter().enumerate() {
+        if !stored.forwards.iter().any(|o| o.url == f.url) {
+            return Err(ApplyError::Reject(FieldError::new(
+                format!("list[{i}].forward[{j}].url"),
+                format!("is not a destination of task {:?}", spec.id),
+            )));
+        }
+        stopping.push(f.url.clone());
+    }
+    stored.forwards.retain(|o| !stopping.contains(&o.url));
+    if stored.forwards.is_empty() {
+        // The last destinations: the task stops and its resume record is written.
+        if let Some((holder, held_epoch)) = ctx.store.stop(&spec.id, now, "stopped", true).await? {
+            if let Some(w) = holder {
+                ctx.tell(
+                    &w,
+                    &ToWorker::Stop {
+                        task_id: spec.id.clone(),
+                        epoch: held_epoch,
+                        forwards: None,
+                    },
+                )
+                .await;
+            }
+            if let Some(url) = callback {
+                let id = format!("{}:{held_epoch}:stopped", spec.id);
+                ctx.callbacks.send(Callback {
+                    url,
+                    payload: payload(
+                        "stopped",
+                        0,
+                        "Stop pushing!",
+                        Cmd::Terminate,
+                        &stored_with(spec, &stopping),
+                        None,
+                        &id,
+                        now,
+                    ),
+                });
+            }
+        }
+        return Ok(());
+    }
+    if !ctx.store.set_spec(&spec.id, epoch, &stored, now).await? {
+        return Err(ApplyError::Store(StoreError::Corrupt {
+            task: spec.id.clone(),
+            cause: "changed while being updated; try again".into(),
+        }));
+    }
+    if let Some(w) = worker {
+        ctx.tell(
+            &w,
+            &ToWorker::Stop {
+                task_id: spec.id.clone(),
+                epoch,
+                forwards: Some(stopping),
+            },
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// The spec as a callback about the stopped destinations should show it.
+fn stored_with(spec: &TaskSpec, urls: &[String]) -> TaskSpec {
+    let mut s = spec.clone();
+    s.forwards.retain(|f| urls.contains(&f.url));
+    s
+}
+
+async fn update(ctx: &Ctx, i: usize, spec: &TaskSpec, now: u64) -> Result<(), ApplyError> {
+    let Some(TaskRecord {
+        spec: mut stored,
+        state,
+        epoch,
+        worker,
+        ..
+    }) = ctx.store.record(&spec.id).await?
+    else {
+        return Err(ApplyError::Reject(FieldError::new(
+            format!("list[{i}].id"),
+            format!("no task {:?} is known", spec.id),
+        )));
+    };
+    if matches!(state.as_str(), "stopped" | "finished" | "failed") {
+        return Err(ApplyError::Reject(FieldError::new(
+            format!("list[{i}].id"),
+            format!(
+                "task {:?} is {state}; start it again with cmd \"1\"",
+                spec.id
+            ),
+        )));
+    }
+    stored.sources = spec.sources.clone();
+    stored.loop_count = spec.loop_count;
+    stored.first_item = spec.first_item.min(stored.sources.len().saturating_sub(1));
+    stored.callback_file_info = spec.callback_file_info;
+    if !ctx.store.set_spec(&spec.id, epoch, &stored, now).await? {
+        return Err(ApplyError::Store(StoreError::Corrupt {
+            task: spec.id.clone(),
+            cause: "changed while being updated; try again".into(),
+        }));
+    }
+    if let Some(w) = worker {
+        ctx.tell(
+            &w,
+            &ToWorker::Update {
+                task_id: spec.id.clone(),
+                epoch,
+                sources: stored.sources.clone(),
+                wait_current: spec.wait_current,
+            },
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Answers, calls back and dead-letters a refused command; changes nothing else.
+async fn refuse(ctx: &Ctx, d: &Delivery, e: FieldError, cmd: Option<&Command>) {
+    let code = e.kind.http_code();
+    let msg = e.to_string();
+    tracing::info!(reason = %msg, "command refused");
+    ctx.metrics
+        .commands
+        .with_label_values(&[cmd.map_or("invalid", |c| c.cmd.code()), "rejected"])
+        .inc();
+    reply(ctx, d, code, &msg).await;
+    // A failure callback where the body named a URL we may call.
+    let raw: Option<serde_json::Value> = serde_json::from_slice(&d.data).ok();
+    let url = cmd.and_then(|c| c.callback_url.clone()).or_else(|| {
+        raw.as_ref()
+            .and_then(|v| v.get("transcallbackurl"))
+            .and_then(|u| u.as_str())
+            .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+            .map(str::to_owned)
+    });
+    if let Some(url) = url {
+        let now = now_ms();
+        let id = format!("refused:{}", hex::encode(&Sha256::digest(&d.data)[..8]));
+        let spec = cmd.and_then(|c| c.tasks.first().cloned());
+        let mut p = match &spec {
+            Some(s) => payload(
+                "failed",
+                1,
+                &msg,
+                cmd.map_or(Cmd::Start, |c| c.cmd),
+                s,
+                None,
+                &id,
+                now,
+            ),
+            None => {
+                serde_json::json!({"msg": msg, "code": "1", "srcurl": "", "cmd": "", "id": "", "forwardurl": "", "event": "failed", "event_id": id, "timestamp": now})
+            }
+        };
+        p["msg"] = msg.clone().into();
+        ctx.callbacks.send(Callback { url, payload: p });
+    }
+    let mut headers = FieldTable::default();
+    headers.insert(
+        REASON_HEADER.into(),
+        AMQPValue::LongString(msg.clone().into()),
+    );
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    let dead = match ctx.bus.get().await {
+        Some(b) => b
+            .publish("", COMMANDS_DEAD_QUEUE, &d.data, props)
+            .await
+            .map_err(|e| e.to_string()),
+        None => Err("not connected".into()),
+    };
+    match dead {
+        Ok(()) => ack(d).await,
+        Err(e) => {
+            // Could not dead-letter it ourselves: let RabbitMQ's delivery limit do it.
+            tracing::warn!(error = %e, "refused command not dead-lettered; returning it to the queue");
+            let _ = d
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+        }
+    }
+}
+
+async fn reply(ctx: &Ctx, d: &Delivery, code: u16, msg: &str) {
+    let (Some(to), corr) = (
+        d.properties.reply_to().clone(),
+        d.properties.correlation_id().clone(),
+    ) else {
+        return;
+    };
+    let body = serde_json::to_vec(&response(code, msg)).expect("json");
+    let mut props =
+        BasicProperties::default().with_content_type(ShortString::from("application/json"));
+    if let Some(c) = corr {
+        props = props.with_correlation_id(c);
+    }
+    if let Some(b) = ctx.bus.get().await {
+        if let Err(e) = b.publish("", to.as_str(), &body, props).await {
+            tracing::warn!(error = %e, "reply to the producer not delivered");
+        }
+    }
+}
+
+async fn ack(d: &Delivery) {
+    if let Err(e) = d.ack(BasicAckOptions::default()).await {
+        tracing::warn!(error = %e, "ack failed; RabbitMQ will redeliver and the marker makes it a no-op");
+    }
+}

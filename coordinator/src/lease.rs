@@ -1,0 +1,334 @@
+//! The coordinator's side of the lease protocol (docs/design/fleet.md):
+//! worker messages from `vodfleet.events`, and the reaper that issues leases
+//! whose time has come (start time reached, lease expired, end time passed).
+
+use crate::callback::{payload, Callback};
+use crate::ctx::{now_ms, Ctx};
+use crate::store::{Release, Renewal, StoreError, TaskRecord};
+use std::time::Duration;
+use vodfleet_proto::fleet::{EventKind, ToWorker, WorkOrder, WorkerMessage};
+use vodfleet_proto::{Cmd, Position};
+
+/// Handles one worker message. Errors are Redis errors: the caller retries.
+pub async fn handle(ctx: &Ctx, msg: WorkerMessage) -> Result<(), StoreError> {
+    let now = now_ms();
+    let ttl = ctx.ttl_ms();
+    match msg {
+        WorkerMessage::Heartbeat {
+            worker_id,
+            seq,
+            sent_ms,
+            tasks,
+            ..
+        } => {
+            ctx.metrics.heartbeats.inc();
+            ctx.metrics
+                .heartbeat_age
+                .set(now.saturating_sub(sent_ms) as f64 / 1000.0);
+            let (mut renewed, mut revoked, mut unknown) = (Vec::new(), Vec::new(), Vec::new());
+            for t in tasks {
+                match ctx
+                    .store
+                    .renew(
+                        &t.task_id,
+                        t.epoch,
+                        &worker_id,
+                        now,
+                        ttl,
+                        &t.position,
+                        &t.destinations,
+                    )
+                    .await?
+                {
+                    Renewal::Renewed => renewed.push((t.task_id, t.epoch)),
+                    Renewal::Revoked => revoked.push((t.task_id, t.epoch)),
+                    Renewal::Unknown => unknown.push((t.task_id, t.epoch)),
+                }
+            }
+            if !revoked.is_empty() {
+                tracing::info!(worker.id = %worker_id, ?revoked, "leases revoked");
+            }
+            ctx.tell(
+                &worker_id,
+                &ToWorker::LeaseAck {
+                    seq,
+                    renewed,
+                    revoked,
+                    unknown,
+                },
+            )
+            .await;
+        }
+        WorkerMessage::Released {
+            worker_id,
+            task_id,
+            epoch,
+            position,
+        } => match ctx
+            .store
+            .release(&task_id, epoch, &position, now, ttl)
+            .await?
+        {
+            Release::Reissued(i) => {
+                tracing::info!(task.id = %task_id, worker.id = %worker_id, epoch = i.epoch, "task released; issued again at once");
+                ctx.metrics.leases_reissued.inc();
+                ctx.publish_order(&WorkOrder {
+                    task_id,
+                    epoch: i.epoch,
+                    spec: i.spec,
+                    resume: Some(position),
+                    issued_ms: now,
+                    callback_url: i.callback,
+                })
+                .await;
+            }
+            Release::Exact => {
+                tracing::info!(task.id = %task_id, ?position, "stopped task's exact position recorded")
+            }
+            Release::Stale => {}
+        },
+        WorkerMessage::Finished {
+            task_id,
+            epoch,
+            position,
+            error,
+            ..
+        } => {
+            if ctx
+                .store
+                .finish(&task_id, epoch, &position, now, error.as_deref())
+                .await?
+            {
+                tracing::info!(task.id = %task_id, error = ?error, "task ended on its worker");
+                // The worker's own `finished`/`failed` event carries the callback.
+            }
+        }
+        WorkerMessage::Reclaim {
+            worker_id,
+            task_id,
+            epoch,
+            spec,
+            position,
+            callback_url,
+        } => {
+            if ctx
+                .store
+                .reclaim(
+                    &task_id,
+                    epoch,
+                    &worker_id,
+                    &spec,
+                    &position,
+                    callback_url.as_deref(),
+                    now,
+                    ttl,
+                )
+                .await?
+            {
+                tracing::warn!(task.id = %task_id, worker.id = %worker_id, epoch, "task record rebuilt from its worker (Redis had lost it)");
+            }
+        }
+        WorkerMessage::Event {
+            task_id,
+            epoch,
+            event,
+            ..
+        } => {
+            let Some(TaskRecord {
+                spec,
+                epoch: current,
+                callback: Some(url),
+                ..
+            }) = ctx.store.record(&task_id).await?
+            else {
+                return Ok(());
+            };
+            if event.kind == EventKind::FileStarted && !spec.callback_file_info {
+                return Ok(());
+            }
+            if epoch > current {
+                return Ok(());
+            }
+            let (name, code) = match event.kind {
+                EventKind::Started => ("started", 0),
+                EventKind::FileStarted => ("file_started", 0),
+                EventKind::ForwardFailed => ("forward_failed", 2),
+                EventKind::Finished => ("finished", 0),
+                EventKind::Stopped => ("stopped", 0),
+                EventKind::Resumed => ("resumed", 0),
+                EventKind::Failed => ("failed", 1),
+            };
+            let forward = if event.kind == EventKind::ForwardFailed {
+                event.index
+            } else {
+                None
+            };
+            let id = format!("{task_id}:{epoch}:{}", event.seq);
+            let mut p = payload(
+                name,
+                code,
+                &event.message,
+                Cmd::Start,
+                &spec,
+                forward,
+                &id,
+                event.at_ms,
+            );
+            if event.kind == EventKind::FileStarted {
+                p["file_index"] = event.index.into();
+            }
+            ctx.callbacks.send(Callback { url, payload: p });
+        }
+    }
+    Ok(())
+}
+
+/// Every `period`: issue what is due. Runs on every replica; the per-task
+/// scripts make sure each lease is issued once.
+pub async fn reap(ctx: &Ctx) -> Result<(), StoreError> {
+    let now = now_ms();
+    let ttl = ctx.ttl_ms();
+    for id in ctx.store.due(now, 200).await? {
+        let Some(d) = ctx.store.deadlines(&id).await? else {
+            ctx.store.unschedule(&id).await?;
+            continue;
+        };
+        let live = matches!(d.state.as_str(), "leased" | "running" | "scheduled");
+        if !live {
+            ctx.store.unschedule(&id).await?;
+            continue;
+        }
+        if d.end_ms > 0 && d.end_ms <= now {
+            // End beats loop: the task is over, as if stopped, but nothing is kept to resume.
+            if let Some((holder, epoch)) = ctx.store.stop(&id, now, "finished", false).await? {
+                tracing::info!(task.id = %id, "end time reached; task stopped");
+                if let Some(w) = holder {
+                    ctx.tell(
+                        &w,
+                        &ToWorker::Stop {
+                            task_id: id.clone(),
+                            epoch,
+                            forwards: None,
+                        },
+                    )
+                    .await;
+                }
+                if let Some(TaskRecord {
+                    spec,
+                    callback: Some(url),
+                    ..
+                }) = ctx.store.record(&id).await?
+                {
+                    let eid = format!("{id}:{epoch}:end");
+                    ctx.callbacks.send(Callback {
+                        url,
+                        payload: payload(
+                            "finished",
+                            0,
+                            "End time reached",
+                            Cmd::Start,
+                            &spec,
+                            None,
+                            &eid,
+                            now,
+                        ),
+                    });
+                }
+            }
+            continue;
+        }
+        let mode = if d.state == "scheduled" {
+            "due"
+        } else {
+            "expired"
+        };
+        match ctx.store.issue(&id, now, ttl, mode).await? {
+            Some(i) => {
+                let mut resume = i.position;
+                if mode == "expired" {
+                    ctx.metrics.leases_expired.inc();
+                    ctx.metrics.leases_reissued.inc();
+                    if i.was == "running" {
+                        ctx.metrics.failovers.inc();
+                    }
+                    // The worker streamed for some time after its last report; half a
+                    // heartbeat interval is the expected value of that time.
+                    let half = ctx.cfg.heartbeat.as_millis() as u64 / 2;
+                    resume = resume.map(|p| Position {
+                        offset_ms: p.offset_ms + half,
+                        timeline_ms: p.timeline_ms + half,
+                        ..p
+                    });
+                    tracing::warn!(task.id = %id, epoch = i.epoch, was = %i.was, "lease expired; issued again");
+                } else {
+                    ctx.metrics.leases_issued.inc();
+                    tracing::info!(task.id = %id, epoch = i.epoch, "start time reached; issued");
+                }
+                ctx.publish_order(&WorkOrder {
+                    task_id: id.clone(),
+                    epoch: i.epoch,
+                    spec: i.spec,
+                    resume,
+                    issued_ms: now,
+                    callback_url: i.callback,
+                })
+                .await;
+            }
+            None => {
+                // Nothing due after all (renewed meanwhile): look again at the next deadline.
+                let next = match d.state.as_str() {
+                    "scheduled" => d.start_ms,
+                    _ => d.lease_until,
+                };
+                let next = if d.end_ms > 0 {
+                    next.min(d.end_ms)
+                } else {
+                    next
+                };
+                ctx.store.schedule(&id, next.max(now + 1)).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refreshes the tasks-by-state gauge.
+pub async fn count_states(ctx: &Ctx) -> Result<(), StoreError> {
+    let mut counts = std::collections::HashMap::<String, i64>::new();
+    for t in ctx.store.list().await? {
+        *counts.entry(t.state).or_default() += 1;
+    }
+    for s in [
+        "scheduled",
+        "leased",
+        "running",
+        "stopped",
+        "finished",
+        "failed",
+    ] {
+        ctx.metrics
+            .tasks
+            .with_label_values(&[s])
+            .set(counts.get(s).copied().unwrap_or(0));
+    }
+    Ok(())
+}
+
+/// Retries `f` while Redis is briefly unavailable (restart), up to ~30 s.
+pub async fn with_retry<F, Fut>(what: &str, mut f: F) -> Result<(), StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Err(e) if e.is_transient() && delay < Duration::from_secs(16) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what}: Redis unavailable");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            other => return other,
+        }
+    }
+}
