@@ -4,14 +4,7 @@
 //! one atomic script, so any number may run side by side. Each replica consumes
 //! commands and worker events, runs the reaper, and serves the HTTP API.
 
-mod api;
-mod callback;
-mod config;
-mod ctx;
-mod intake;
-mod lease;
-mod metrics;
-mod store;
+use vodfleet_coordinator::{api, callback, config, ctx, intake, lease, metrics, store};
 
 use anyhow::Context as _;
 use futures_util::StreamExt;
