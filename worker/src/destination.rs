@@ -75,6 +75,20 @@ impl Destination {
         }
     }
 
+    /// A destination stopped before it ever connected (its state reads `stopped`).
+    pub fn stopped() -> Destination {
+        let status = Arc::new(DestinationStatus::new());
+        *status.state.lock().expect("state lock") = DestinationState::Stopped;
+        Destination {
+            tx: None,
+            resync: false,
+            video: false,
+            status,
+            interrupt: Interrupt::new(),
+            thread: None,
+        }
+    }
+
     /// Queues `p` if there is room; never blocks.
     pub fn offer(&mut self, p: &Arc<OutPacket>) {
         let Some(tx) = &self.tx else { return };
@@ -100,6 +114,15 @@ impl Destination {
 
     /// Ends the stream after what is queued has been sent (`drain`), or at once.
     pub fn close(mut self, drain: bool) {
+        self.end(drain);
+    }
+
+    /// Ends the stream at once while the task goes on (it reports `stopped`).
+    pub fn halt(&mut self) {
+        self.end(false);
+    }
+
+    fn end(&mut self, drain: bool) {
         if !drain {
             self.interrupt.stop();
         }

@@ -7,7 +7,7 @@
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use vodfleet_proto::fleet::DestinationState;
+use vodfleet_proto::fleet::{DestinationState, EventKind, TaskEvent};
 use vodfleet_proto::Position;
 
 #[derive(Debug, Clone, Serialize)]
@@ -49,9 +49,11 @@ pub enum Event {
     },
     TaskFinished {
         timeline_ms: u64,
+        position: Position,
     },
     TaskStopped {
         timeline_ms: u64,
+        position: Position,
     },
     TaskFailed {
         error: String,
@@ -104,6 +106,82 @@ impl TaskStatus {
     pub fn set_lag(&self, ms: u64) {
         self.lag_ms.store(ms, Ordering::Relaxed);
     }
+}
+
+/// The callback-worthy happenings of one task run (DESIGN §2.4), numbered in
+/// order: `seq` starts at 1 and grows by one per event of this run.
+#[derive(Default)]
+pub struct Callbacks {
+    seq: u64,
+    started: bool,
+}
+
+impl Callbacks {
+    pub fn new() -> Callbacks {
+        Callbacks::default()
+    }
+
+    /// The callback an engine event stands for, if any: `started` when the first
+    /// destination goes live, `file_started` at every item start, `forward_failed`
+    /// when a destination gives up. `index` is the engine's (item or destination).
+    pub fn translate(&mut self, e: &Event) -> Option<TaskEvent> {
+        match e {
+            Event::Destination {
+                state: DestinationState::Live,
+                ..
+            } if !self.started => {
+                self.started = true;
+                Some(self.next(EventKind::Started, None, "streaming".into()))
+            }
+            Event::ItemStarted {
+                item,
+                loop_index,
+                source,
+            } => Some(self.next(
+                EventKind::FileStarted,
+                Some(*item),
+                format!(
+                    "item {} of loop {} started: {source}",
+                    item + 1,
+                    loop_index + 1
+                ),
+            )),
+            Event::Destination {
+                index,
+                state: DestinationState::Failed,
+                destination,
+                error,
+                ..
+            } => Some(self.next(
+                EventKind::ForwardFailed,
+                Some(*index),
+                format!(
+                    "{destination} gave up: {}",
+                    error.as_deref().unwrap_or("connection failed")
+                ),
+            )),
+            _ => None,
+        }
+    }
+
+    /// The next event of this run.
+    pub fn next(&mut self, kind: EventKind, index: Option<usize>, message: String) -> TaskEvent {
+        self.seq += 1;
+        TaskEvent {
+            seq: self.seq,
+            kind,
+            index,
+            message,
+            at_ms: unix_ms(),
+        }
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// How events are shown.
@@ -167,4 +245,51 @@ fn clock(ms: u64) -> String {
         s % 60,
         ms % 1000
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dest(index: usize, state: DestinationState) -> Event {
+        Event::Destination {
+            index,
+            destination: "rtmp://h:1935/…".into(),
+            state,
+            attempt: 1,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn callbacks_are_numbered_and_started_is_sent_once() {
+        let mut cb = Callbacks::new();
+        let item = |item| Event::ItemStarted {
+            item,
+            loop_index: 0,
+            source: "vod://a.mp4".into(),
+        };
+        let got: Vec<(EventKind, Option<usize>, u64)> = [
+            dest(0, DestinationState::Connecting),
+            item(0),
+            dest(0, DestinationState::Live),
+            dest(1, DestinationState::Live),
+            item(1),
+            dest(1, DestinationState::Failed),
+        ]
+        .iter()
+        .filter_map(|e| cb.translate(e))
+        .map(|t| (t.kind, t.index, t.seq))
+        .collect();
+        assert_eq!(
+            got,
+            vec![
+                (EventKind::FileStarted, Some(0), 1),
+                (EventKind::Started, None, 2),
+                (EventKind::FileStarted, Some(1), 3),
+                (EventKind::ForwardFailed, Some(1), 4),
+            ]
+        );
+        assert_eq!(cb.next(EventKind::Finished, None, String::new()).seq, 5);
+    }
 }

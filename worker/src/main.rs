@@ -42,7 +42,32 @@ enum Command {
         /// How to show progress on stdout.
         #[arg(long, value_enum, default_value = "tty")]
         progress: ProgressStyle,
+        /// Start from a position instead of the first item:
+        /// `ITEM:LOOP:OFFSET_MS[:TIMELINE_MS]` (0-based item and loop).
+        #[arg(long, value_parser = parse_position)]
+        resume: Option<vodfleet_proto::Position>,
     },
+}
+
+fn parse_position(s: &str) -> Result<vodfleet_proto::Position, String> {
+    let parts: Vec<u64> = s
+        .split(':')
+        .map(|p| p.trim().parse::<u64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{s:?}: expected ITEM:LOOP:OFFSET_MS[:TIMELINE_MS]"))?;
+    match parts[..] {
+        [item, loop_index, offset_ms] | [item, loop_index, offset_ms, _]
+            if loop_index <= u32::MAX as u64 =>
+        {
+            Ok(vodfleet_proto::Position {
+                item: item as usize,
+                loop_index: loop_index as u32,
+                offset_ms,
+                timeline_ms: parts.get(3).copied().unwrap_or(0),
+            })
+        }
+        _ => Err(format!("{s:?}: expected ITEM:LOOP:OFFSET_MS[:TIMELINE_MS]")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -56,13 +81,21 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
-        Command::Play { tasks, progress } => play(tasks, progress),
+        Command::Play {
+            tasks,
+            progress,
+            resume,
+        } => play(tasks, progress, resume),
     }
 }
 
 /// Exit codes: 0 finished or stopped, 1 a task failed, 2 bad input or configuration.
 /// Several task files run side by side in this one process, as a worker runs them.
-fn play(paths: Vec<PathBuf>, style: ProgressStyle) -> ExitCode {
+fn play(
+    paths: Vec<PathBuf>,
+    style: ProgressStyle,
+    resume: Option<vodfleet_proto::Position>,
+) -> ExitCode {
     let cfg = match config::Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -135,15 +168,16 @@ fn play(paths: Vec<PathBuf>, style: ProgressStyle) -> ExitCode {
             })
         };
         let ticker = rt.spawn(progress_ticker(status.clone(), events.clone()));
-        let t = task::Task {
+        let t = task::Task::new(
             spec,
-            cfg: cfg.clone(),
+            cfg.clone(),
             sources,
-            rt: rt.handle().clone(),
-            events: events.clone(),
-            status: status.clone(),
-            control: control_rx,
-        };
+            rt.handle().clone(),
+            events.clone(),
+            status.clone(),
+            control_rx,
+        )
+        .resume_from(resume);
         let thread = std::thread::Builder::new()
             .name(format!("task-{id}"))
             .spawn(move || t.run())
@@ -163,18 +197,26 @@ fn play(paths: Vec<PathBuf>, style: ProgressStyle) -> ExitCode {
 
     let mut code = ExitCode::SUCCESS;
     for (id, thread, events, status, reporter, ticker) in running {
-        let outcome = thread.join().unwrap_or_else(|_| {
-            task::Outcome::Failed(error::WorkerError::Unsupported {
+        let outcome = thread.join().unwrap_or_else(|_| task::Outcome {
+            end: task::End::Failed(error::WorkerError::Unsupported {
                 task: id.clone(),
                 cause: "media thread panicked".into(),
-            })
+            }),
+            position: status.position(),
         });
         ticker.abort();
-        let timeline_ms = status.position().timeline_ms;
-        let _ = events.send(match outcome {
-            task::Outcome::Finished => Event::TaskFinished { timeline_ms },
-            task::Outcome::Stopped => Event::TaskStopped { timeline_ms },
-            task::Outcome::Failed(e) => {
+        let (end, position) = (outcome.end, outcome.position);
+        let timeline_ms = position.timeline_ms;
+        let _ = events.send(match end {
+            task::End::Finished => Event::TaskFinished {
+                timeline_ms,
+                position,
+            },
+            task::End::Stopped => Event::TaskStopped {
+                timeline_ms,
+                position,
+            },
+            task::End::Failed(e) => {
                 tracing::error!(task.id = %id, error = %e, "task failed");
                 code = ExitCode::from(1);
                 Event::TaskFailed {

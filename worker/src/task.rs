@@ -3,10 +3,15 @@
 //! source file → demux → (copy | decode → scale/fps → encode) → timeline →
 //! pacer → fan-out to every destination.
 //!
-//! The playlist is walked item by item (from `first_item`, `loop_count` times
-//! or forever), each item cut into its `relofftime` ranges. The first item that
-//! opens decides the output: its H.264/AAC/MP3 streams are copied when the task
-//! has no `fops`, otherwise they are encoded once with the task's settings.
+//! The playlist is walked item by item (from `first_item`, or from a resume
+//! [`Position`], `loop_count` times or forever, until `end_ms`), each item cut
+//! into its `relofftime` ranges. The first item that opens decides the output:
+//! its H.264/AAC/MP3 streams are copied when the task has no `fops`, otherwise
+//! they are encoded once with the task's settings.
+//!
+//! The control inbox is read between packets and during every pacing wait:
+//! [`Control::Stop`], [`Control::StopForwards`] (some destinations) and
+//! [`Control::Update`] (a new playlist, now or after the current item).
 
 use crate::config::Config;
 use crate::destination::{Destination, StreamSetup};
@@ -20,6 +25,7 @@ use crate::timeline::{Timeline, Track};
 use ffmpeg_next as ff;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use vodfleet_proto::command::{Cut, Range, SourceSpec};
 use vodfleet_proto::{redact, Position, TaskSpec};
 
@@ -28,29 +34,70 @@ use vodfleet_proto::{redact, Position, TaskSpec};
 pub enum Control {
     /// Stop now: destinations close at once.
     Stop,
+    /// Close the destinations with these URLs (as written in the spec); the others
+    /// go on. Closing every remaining destination stops the task.
+    StopForwards(Vec<String>),
+    /// Replace the playlist: at the next packet, or once the current item ends
+    /// (`wait_current`). The new list plays from its first item; the loop count
+    /// and the output timeline go on.
+    Update {
+        sources: Vec<SourceSpec>,
+        wait_current: bool,
+    },
+}
+
+/// How a task run ended, and exactly where.
+#[derive(Debug)]
+pub struct Outcome {
+    pub end: End,
+    /// The last packet handed to the destinations (the resume position).
+    pub position: Position,
 }
 
 #[derive(Debug)]
-pub enum Outcome {
+pub enum End {
+    /// The loop count was reached or `end_ms` passed.
     Finished,
+    /// Stopped by [`Control::Stop`] or by stopping every destination.
     Stopped,
     Failed(WorkerError),
 }
 
 pub struct Task {
-    pub spec: TaskSpec,
-    pub cfg: Config,
-    pub sources: Arc<Sources>,
-    pub rt: tokio::runtime::Handle,
-    pub events: Events,
-    pub status: Arc<TaskStatus>,
-    pub control: Receiver<Control>,
+    spec: TaskSpec,
+    cfg: Config,
+    sources: Arc<Sources>,
+    rt: tokio::runtime::Handle,
+    events: Events,
+    status: Arc<TaskStatus>,
+    control: Receiver<Control>,
+    /// Where to begin: `None` starts at `spec.first_item`.
+    resume: Option<Position>,
+    /// The resume offset, until the first item played has used it.
+    resume_offset_ms: Option<u64>,
+    /// Destinations asked to stop (by index into `spec.forwards`).
+    stop_requested: Vec<bool>,
+    /// A playlist waiting for its turn ([`Control::Update`]).
+    update: Option<Vec<SourceSpec>>,
+    /// `spec.end_ms` on the monotonic clock.
+    end_at: Option<Instant>,
 }
 
 /// Why a segment or item stopped early.
 enum Halt {
     Stop,
+    /// `end_ms` passed: the task is finished.
+    End,
+    /// A new playlist replaces the current one now.
+    Switch,
     Fail(WorkerError),
+}
+
+/// What became of one item.
+enum Played {
+    Yes,
+    /// Its resume offset lies past its end: the next item goes on.
+    Skipped,
 }
 
 /// What is produced once the first item is open: the output and its consumers.
@@ -64,6 +111,8 @@ struct Output {
     dests: Vec<Destination>,
     /// Last DTS sent per track, for encoder output (copy mode goes through the timeline's own guard).
     last_dts: [i64; 2],
+    /// The segment playing now (item, loop, its source origin), for positions in transcode mode.
+    playing: (usize, u32, i64),
 }
 
 enum Mode {
@@ -72,26 +121,97 @@ enum Mode {
 }
 
 impl Task {
+    pub fn new(
+        spec: TaskSpec,
+        cfg: Config,
+        sources: Arc<Sources>,
+        rt: tokio::runtime::Handle,
+        events: Events,
+        status: Arc<TaskStatus>,
+        control: Receiver<Control>,
+    ) -> Task {
+        let end_at = spec.end_ms.map(|end| {
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            Instant::now() + Duration::from_millis(end.saturating_sub(now_ms))
+        });
+        Task {
+            stop_requested: vec![false; spec.forwards.len()],
+            spec,
+            cfg,
+            sources,
+            rt,
+            events,
+            status,
+            control,
+            resume: None,
+            resume_offset_ms: None,
+            update: None,
+            end_at,
+        }
+    }
+
+    /// Starts from `at` instead of `first_item`: that item and loop, the keyframe at
+    /// or before `offset_ms` (copy) or exactly there (transcode), and the output
+    /// timeline at `timeline_ms`, so a player that survives the reconnect sees time
+    /// go on. An offset past the item's end starts the next item.
+    pub fn resume_from(mut self, at: Option<Position>) -> Task {
+        self.resume = at;
+        self.resume_offset_ms = at.map(|p| p.offset_ms).filter(|&ms| ms > 0);
+        if let Some(p) = at {
+            *self.status.position.lock().expect("position lock") = p;
+        }
+        self
+    }
+
     pub fn run(mut self) -> Outcome {
-        let n = self.spec.sources.len();
-        let mut item = self.spec.first_item.min(n.saturating_sub(1));
-        let mut pass: u32 = 0;
+        let end = self.play();
+        let position = self.status.position();
+        Outcome { end, position }
+    }
+
+    fn play(&mut self) -> End {
+        let mut n = self.spec.sources.len();
+        let (mut item, mut pass) = match self.resume {
+            Some(p) if p.item < n => (p.item, p.loop_index),
+            // The list got shorter than the position: the next pass starts over.
+            Some(p) => (0, p.loop_index + 1),
+            None => (self.spec.first_item.min(n.saturating_sub(1)), 0),
+        };
         let mut out: Option<Output> = None;
         let mut played_this_pass = false;
         let mut last_error: Option<WorkerError> = None;
         let outcome = loop {
             if self.spec.loop_count > 0 && pass >= self.spec.loop_count {
-                break Outcome::Finished;
+                break End::Finished;
+            }
+            if self.ended() {
+                break End::Finished;
             }
             let spec = self.spec.sources[item].clone();
             let next = &self.spec.sources[(item + 1) % n];
             self.sources.prefetch(&next.url);
             match self.play_item(&mut out, item, pass, &spec) {
-                Ok(()) => played_this_pass = true,
-                Err(Halt::Stop) => break Outcome::Stopped,
+                Ok(Played::Yes) => played_this_pass = true,
+                // Not a failure: the pass goes on from the next item.
+                Ok(Played::Skipped) => played_this_pass = true,
+                Err(Halt::Stop) => break End::Stopped,
+                Err(Halt::End) => break End::Finished,
+                Err(Halt::Switch) => {
+                    let Some(list) = self.update.take() else {
+                        continue;
+                    };
+                    tracing::info!(task.id = %self.spec.id, items = list.len(), "playlist replaced now");
+                    self.spec.sources = list;
+                    n = self.spec.sources.len();
+                    item = 0;
+                    played_this_pass = false;
+                    continue;
+                }
                 Err(Halt::Fail(e)) => {
                     if matches!(e, WorkerError::AllDestinationsFailed { .. }) {
-                        break Outcome::Failed(e);
+                        break End::Failed(e);
                     }
                     tracing::warn!(task.id = %self.spec.id, item, error = %e, "item failed; going on with the next");
                     let _ = self.events.send(Event::ItemFailed {
@@ -103,29 +223,43 @@ impl Task {
                     last_error = Some(e);
                 }
             }
+            if let Some(list) = self.update.take() {
+                // Waited for the current item to end (waitCrtUrlFinish 1).
+                tracing::info!(task.id = %self.spec.id, items = list.len(), "playlist replaced after the current item");
+                self.spec.sources = list;
+                n = self.spec.sources.len();
+                item = 0;
+                played_this_pass = false;
+                continue;
+            }
             item += 1;
             if item == n {
                 item = 0;
                 pass += 1;
                 if !played_this_pass {
                     // A whole pass without a single playable item: nothing will ever play.
-                    break Outcome::Failed(last_error.take().expect("a failed pass has an error"));
+                    break End::Failed(last_error.take().expect("a failed pass has an error"));
                 }
                 played_this_pass = false;
             }
         };
         if let Some(mut o) = out {
-            if let (Outcome::Finished, Mode::Transcode(t)) = (&outcome, &mut o.mode) {
+            if let (End::Finished, Mode::Transcode(t)) = (&outcome, &mut o.mode) {
                 // Encoders hold a few frames; send them before closing.
                 let pkts = t.flush();
                 let _ = self.send_all(&mut o, pkts);
             }
-            let drain = matches!(outcome, Outcome::Finished);
+            let drain = matches!(outcome, End::Finished);
             for d in o.dests {
                 d.close(drain);
             }
         }
         outcome
+    }
+
+    /// Whether `end_ms` has passed.
+    fn ended(&self) -> bool {
+        self.end_at.is_some_and(|e| Instant::now() >= e)
     }
 
     fn play_item(
@@ -134,7 +268,7 @@ impl Task {
         item: usize,
         pass: u32,
         spec: &SourceSpec,
-    ) -> Result<(), Halt> {
+    ) -> Result<Played, Halt> {
         let task_id = self.spec.id.clone();
         let media_err = |offset_ms: u64, cause: String| {
             Halt::Fail(WorkerError::Media {
@@ -145,13 +279,20 @@ impl Task {
                 cause,
             })
         };
-        let path = self
-            .rt
-            .block_on(self.sources.local(&spec.url))
-            .map_err(|e| Halt::Fail((*e).clone()))?;
-        if self.control_pending()? {
-            return Err(Halt::Stop);
-        }
+        let resume_ms = self.resume_offset_ms.take();
+        let local = self.sources.local(&spec.url);
+        let path = match self.end_at {
+            None => self.rt.block_on(local),
+            Some(end) => self.rt.block_on(async {
+                tokio::select! {
+                    r = local => Ok(r),
+                    _ = tokio::time::sleep_until(end.into()) => Err(Halt::End),
+                }
+            })?,
+        };
+        // A stop during the download cancels it: report the stop, not the failure.
+        self.control_pending()?;
+        let path = path.map_err(|e| Halt::Fail((*e).clone()))?;
         let mut input =
             media::open_input(&path).map_err(|e| media_err(0, format!("cannot open: {e}")))?;
         let video = input
@@ -164,6 +305,29 @@ impl Task {
             .map(|s| s.index());
         if video.is_none() && audio.is_none() {
             return Err(media_err(0, "no audio or video stream".into()));
+        }
+        let mut ranges: Vec<Range> = match &spec.cut {
+            Cut::Whole => vec![Range {
+                start_ms: 0,
+                end_ms: u64::MAX / 2000,
+            }],
+            Cut::Relative(r) => r.clone(),
+            Cut::Absolute(_) => return Err(media_err(
+                0,
+                "absofftime needs the recording's start time, which this worker cannot read yet"
+                    .into(),
+            )),
+        };
+        if let Some(from) = resume_ms {
+            let duration_ms = match input.duration() {
+                d if d > 0 => (d / 1000) as u64, // AV_TIME_BASE = µs
+                _ => u64::MAX,
+            };
+            ranges = resume_ranges(ranges, from, duration_ms);
+            if ranges.is_empty() {
+                tracing::info!(task.id = %self.spec.id, item, offset_ms = from, "resume offset is past the item's end; going on with the next item");
+                return Ok(Played::Skipped);
+            }
         }
         if out.is_none() {
             *out = Some(
@@ -190,18 +354,6 @@ impl Task {
             ff::ffi::AV_NOPTS_VALUE => 0,
             t => t, // AV_TIME_BASE = µs
         };
-        let ranges: Vec<Range> = match &spec.cut {
-            Cut::Whole => vec![Range {
-                start_ms: 0,
-                end_ms: u64::MAX / 2000,
-            }],
-            Cut::Relative(r) => r.clone(),
-            Cut::Absolute(_) => return Err(media_err(
-                0,
-                "absofftime needs the recording's start time, which this worker cannot read yet"
-                    .into(),
-            )),
-        };
         for r in ranges {
             let seg = Segment {
                 start: start_time + r.start_ms as i64 * 1000,
@@ -224,7 +376,7 @@ impl Task {
                     other => other,
                 })?;
         }
-        Ok(())
+        Ok(Played::Yes)
     }
 
     fn open_output(
@@ -254,7 +406,7 @@ impl Task {
                         vcodec: vodfleet_proto::command::VideoCodec::H264,
                         acodec: vodfleet_proto::command::AudioCodec::Aac,
                     });
-            let t = Transcoder::new(input, video, audio, &settings)?;
+            let t = Transcoder::new(input, video, audio, &settings, self.timeline_base_us())?;
             let setup = t.setup();
             (Mode::Transcode(Box::new(t)), setup)
         } else {
@@ -288,7 +440,12 @@ impl Task {
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                Destination::spawn(i, &f.url, setup.clone(), &self.cfg, self.events.clone())
+                if self.stop_requested[i] {
+                    // Stopped before the output opened: never connect it.
+                    Destination::stopped()
+                } else {
+                    Destination::spawn(i, &f.url, setup.clone(), &self.cfg, self.events.clone())
+                }
             })
             .collect::<Vec<Destination>>();
         *self.status.destinations.lock().expect("status lock") =
@@ -297,11 +454,18 @@ impl Task {
             mode,
             setup,
             config,
-            timeline: Timeline::new(),
+            timeline: Timeline::starting_at(self.timeline_base_us()),
             pacer: Pacer::new(SystemClock, self.cfg.initial_burst),
             dests,
             last_dts: [-1, -1],
+            playing: (0, 0, 0),
         })
+    }
+
+    /// Where the output timeline starts (µs): a resumed task goes on from its position.
+    fn timeline_base_us(&self) -> i64 {
+        self.resume
+            .map_or(0, |p| (p.timeline_ms as i64).saturating_mul(1000))
     }
 
     /// Plays one range of one item.
@@ -321,6 +485,7 @@ impl Task {
         let mut tail: Vec<(Track, ff::Packet, i64, i64, i64)> = Vec::new();
         let (mut video_done, mut audio_done) = (seg.video.is_none(), seg.audio.is_none());
         let transcoding = matches!(o.mode, Mode::Transcode(_));
+        o.playing = (seg.item, seg.pass, seg.origin);
         if transcoding {
             // Decoding starts at the keyframe before the cut; frames before the cut are
             // decoded but dropped, so the output starts exactly at the cut.
@@ -328,9 +493,7 @@ impl Task {
             begun = true;
         }
         for (stream, packet) in input.packets() {
-            if self.control_pending()? {
-                return Err(Halt::Stop);
-            }
+            self.control_pending()?;
             let idx = stream.index();
             let track = if Some(idx) == seg.video {
                 Track::Video
@@ -479,8 +642,9 @@ impl Task {
             dts_us: odts,
             config: o.config[track as usize].clone(),
         };
-        self.update_position(seg, pts, odts);
-        self.send(o, out)
+        self.send(o, out)?;
+        self.set_position(seg.item, seg.pass, pts - seg.origin, odts);
+        Ok(())
     }
 
     /// Sends packets that are already on the output timeline (transcode mode).
@@ -491,12 +655,11 @@ impl Task {
             p.dts_us = p.dts_us.max(0).max(*last + 1);
             p.pts_us = p.pts_us.max(p.dts_us);
             *last = p.dts_us;
-            self.status
-                .position
-                .lock()
-                .expect("position lock")
-                .timeline_ms = (p.dts_us / 1000).max(0) as u64;
+            let dts = p.dts_us;
             self.send(o, p)?;
+            // Encoded packets carry output time only; the timeline maps it back to the item.
+            let (item, pass, origin) = o.playing;
+            self.set_position(item, pass, o.timeline.source_time(dts) - origin, dts);
         }
         Ok(())
     }
@@ -506,14 +669,23 @@ impl Task {
             p.config = o.config[p.track as usize].clone();
         }
         let deadline = o.pacer.deadline(p.dts_us);
-        let now = o.pacer.now();
-        if now < deadline {
-            // The only wait in the pipeline: it ends at the deadline or on a control message.
-            match self.control.recv_timeout(deadline - now) {
+        loop {
+            let now = o.pacer.now();
+            if self.end_at.is_some_and(|e| now >= e) {
+                return Err(Halt::End);
+            }
+            if now >= deadline {
+                break;
+            }
+            let until = self.end_at.map_or(deadline, |e| e.min(deadline));
+            // The only wait in the pipeline: it ends at the deadline, at `end_ms` or on a control message.
+            match self.control.recv_timeout(until - now) {
                 Err(RecvTimeoutError::Timeout) => {}
-                Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => return Err(Halt::Stop),
+                Ok(c) => self.obey(c)?,
+                Err(RecvTimeoutError::Disconnected) => return Err(Halt::Stop),
             }
         }
+        self.close_stopped(o);
         self.status
             .set_lag(o.pacer.lag(p.dts_us).as_millis() as u64);
         let p = Arc::new(p);
@@ -528,23 +700,97 @@ impl Task {
         Ok(())
     }
 
-    fn update_position(&self, seg: &Segment, src_pts: i64, out_dts: i64) {
-        let mut p = self.status.position.lock().expect("position lock");
-        *p = Position {
-            item: seg.item,
-            loop_index: seg.pass,
-            offset_ms: ((src_pts - seg.origin).max(0) / 1000) as u64,
+    /// Closes the destinations a [`Control::StopForwards`] named (each reports `stopped`).
+    fn close_stopped(&self, o: &mut Output) {
+        for (d, stop) in o.dests.iter_mut().zip(&self.stop_requested) {
+            if *stop && d.alive() {
+                d.halt();
+            }
+        }
+    }
+
+    /// Records the last packet handed to the destinations (`src_us`: its offset in the item).
+    fn set_position(&self, item: usize, pass: u32, src_us: i64, out_dts: i64) {
+        *self.status.position.lock().expect("position lock") = Position {
+            item,
+            loop_index: pass,
+            offset_ms: (src_us.max(0) / 1000) as u64,
             timeline_ms: (out_dts / 1000).max(0) as u64,
         };
     }
 
-    /// Handles control messages without waiting; `Ok(true)` means stop.
-    fn control_pending(&self) -> Result<bool, Halt> {
-        match self.control.try_recv() {
-            Ok(Control::Stop) | Err(TryRecvError::Disconnected) => Ok(true),
-            Err(TryRecvError::Empty) => Ok(false),
+    /// Handles waiting control messages, and `end_ms`, without waiting.
+    fn control_pending(&mut self) -> Result<(), Halt> {
+        loop {
+            match self.control.try_recv() {
+                Ok(c) => self.obey(c)?,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return Err(Halt::Stop),
+            }
+        }
+        if self.ended() {
+            return Err(Halt::End);
+        }
+        Ok(())
+    }
+
+    /// Applies one control message; an `Err` ends the current item.
+    fn obey(&mut self, c: Control) -> Result<(), Halt> {
+        match c {
+            Control::Stop => Err(Halt::Stop),
+            Control::StopForwards(urls) => {
+                for url in &urls {
+                    let mut found = false;
+                    for (i, f) in self.spec.forwards.iter().enumerate() {
+                        if &f.url == url {
+                            self.stop_requested[i] = true;
+                            found = true;
+                        }
+                    }
+                    if !found {
+                        tracing::warn!(task.id = %self.spec.id, destination = %redact::destination(url), "asked to stop a destination this task does not have");
+                    }
+                }
+                if self.stop_requested.iter().all(|s| *s) {
+                    tracing::info!(task.id = %self.spec.id, "every destination stopped: stopping the task");
+                    return Err(Halt::Stop);
+                }
+                Ok(())
+            }
+            Control::Update {
+                sources,
+                wait_current,
+            } => {
+                if sources.is_empty() {
+                    tracing::warn!(task.id = %self.spec.id, "ignoring an update with an empty playlist");
+                    return Ok(());
+                }
+                self.update = Some(sources);
+                if wait_current {
+                    Ok(())
+                } else {
+                    Err(Halt::Switch)
+                }
+            }
         }
     }
+}
+
+/// The ranges of an item that remain when playback resumes at `from_ms`: those
+/// ending after it, the first one starting there. Nothing is left when `from_ms`
+/// is at or past the media's end.
+fn resume_ranges(ranges: Vec<Range>, from_ms: u64, duration_ms: u64) -> Vec<Range> {
+    if from_ms >= duration_ms {
+        return Vec::new();
+    }
+    ranges
+        .into_iter()
+        .filter(|r| r.end_ms > from_ms)
+        .map(|r| Range {
+            start_ms: r.start_ms.max(from_ms),
+            end_ms: r.end_ms,
+        })
+        .collect()
 }
 
 /// Packets held while waiting for a keyframe (bounded: a broken file cannot grow it).
@@ -601,4 +847,41 @@ fn copy_streams(
         return Err("no stream this task's output can carry".into());
     }
     Ok((v, a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(start_ms: u64, end_ms: u64) -> Range {
+        Range { start_ms, end_ms }
+    }
+
+    #[test]
+    fn resuming_keeps_the_rest_of_the_ranges() {
+        let cuts = vec![r(0, 10_000), r(20_000, 30_000), r(40_000, 50_000)];
+        assert_eq!(
+            resume_ranges(cuts.clone(), 25_000, 60_000),
+            vec![r(25_000, 30_000), r(40_000, 50_000)],
+            "inside a range: from the offset"
+        );
+        assert_eq!(
+            resume_ranges(cuts.clone(), 15_000, 60_000),
+            vec![r(20_000, 30_000), r(40_000, 50_000)],
+            "between ranges: from the next one"
+        );
+        assert!(
+            resume_ranges(cuts, 50_000, 60_000).is_empty(),
+            "after the last range"
+        );
+        let whole = vec![r(0, u64::MAX / 2000)];
+        assert_eq!(
+            resume_ranges(whole.clone(), 4_000, 9_000)[0].start_ms,
+            4_000
+        );
+        assert!(
+            resume_ranges(whole, 9_000, 9_000).is_empty(),
+            "at or past the media's end: nothing (the next item plays)"
+        );
+    }
 }

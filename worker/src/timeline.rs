@@ -27,11 +27,22 @@ pub struct Timeline {
     /// Last DTS handed out per track, in output time.
     last_dts: [Option<i64>; 2],
     started: bool,
+    /// Output time of the first segment (a resumed task goes on from its position).
+    base: i64,
 }
 
 impl Timeline {
+    #[cfg(test)]
     pub fn new() -> Timeline {
         Timeline::default()
+    }
+
+    /// A timeline whose first segment starts at output time `base_us`.
+    pub fn starting_at(base_us: i64) -> Timeline {
+        Timeline {
+            base: base_us.max(0),
+            ..Timeline::default()
+        }
     }
 
     /// Starts a segment whose presentation begins at source time `src_start`.
@@ -42,7 +53,7 @@ impl Timeline {
         if self.started {
             self.offset += self.segment_duration();
         } else {
-            self.offset = (src_start - first_dts).max(0);
+            self.offset = self.base + (src_start - first_dts).max(0);
             self.started = true;
         }
         self.src_start = src_start;
@@ -73,6 +84,12 @@ impl Timeline {
     /// Output time reached so far (end of what has been placed).
     pub fn reached(&self) -> i64 {
         self.offset + self.segment_duration()
+    }
+
+    /// The source time of output time `out_us` in the current segment (the inverse
+    /// of [`Self::place`], for encoded packets that carry output time only).
+    pub fn source_time(&self, out_us: i64) -> i64 {
+        self.src_start + (out_us - self.offset)
     }
 
     /// Maps a packet (or frame, with `dts == pts`) onto the output timeline.
@@ -165,6 +182,19 @@ mod tests {
         tl.begin(0, 0);
         let (_, a2) = tl.place(Track::Audio, 0, 0, 23_000);
         assert!(a2 > a1);
+    }
+
+    #[test]
+    fn a_resumed_timeline_goes_on_from_its_base() {
+        let mut tl = Timeline::starting_at(90_000_000);
+        // Resumed 30 s into an item with B-frames: first DTS two frames before the keyframe.
+        tl.begin(30_000_000, 30_000_000 - 2 * F);
+        let (pts, dts) = tl.place(Track::Video, 30_000_000, 30_000_000 - 2 * F, F);
+        assert_eq!((pts, dts), (90_000_000 + 2 * F, 90_000_000));
+        assert_eq!(
+            tl.source_time(90_000_000 + 2 * F + 5 * F),
+            30_000_000 + 5 * F
+        );
     }
 
     #[test]

@@ -56,6 +56,8 @@ struct AudioPath {
     queued: i64,
     /// Samples sent to the encoder so far.
     encoded: i64,
+    /// Whether any samples were placed yet (the first ones are placed exactly).
+    placed: bool,
 }
 
 fn err(what: &str) -> impl Fn(ff::Error) -> String + '_ {
@@ -68,6 +70,7 @@ impl Transcoder {
         video: Option<usize>,
         audio: Option<usize>,
         s: &Transcode,
+        base_us: i64,
     ) -> Result<Transcoder, String> {
         let video = match video.and_then(|i| input.stream(i)) {
             None => None,
@@ -109,6 +112,8 @@ impl Transcoder {
             Some(_) => {
                 let enc = open_audio_encoder(s.acodec)?;
                 let frame_size = (enc.frame_size() as usize).max(1);
+                // The audio clock starts where the output timeline does (a resume goes on from there).
+                let start = base_us.max(0) * AUDIO_RATE as i64 / 1_000_000;
                 Some(AudioPath {
                     enc,
                     frame_size,
@@ -116,8 +121,9 @@ impl Transcoder {
                     dec_tb: ff::Rational(1, 1),
                     resampler: None,
                     fifo: [Vec::new(), Vec::new()],
-                    queued: 0,
-                    encoded: 0,
+                    queued: start,
+                    encoded: start,
+                    placed: false,
                 })
             }
         };
@@ -420,7 +426,8 @@ impl AudioPath {
 
             // Keep the audio clock on the timeline: fill a gap with silence, drop what runs ahead.
             let expected = t * AUDIO_RATE as i64 / 1_000_000;
-            let slack = if self.queued == 0 { 0 } else { AUDIO_SLACK };
+            let slack = if self.placed { AUDIO_SLACK } else { 0 };
+            self.placed = true;
             if self.queued < expected - slack {
                 let gap = (expected - self.queued) as usize;
                 for ch in &mut self.fifo {
