@@ -111,20 +111,39 @@ async fn command(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
         }
         Ok(c)
     });
-    if let Err(e) = checked {
-        ctx.metrics
-            .commands
-            .with_label_values(&["http", "rejected"])
-            .inc();
-        return field_error(&e);
+    let cmd = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            ctx.metrics
+                .commands
+                .with_label_values(&["http", "rejected"])
+                .inc();
+            return field_error(&e);
+        }
+    };
+    // A resume without a record can be refused now rather than only by callback.
+    if cmd.cmd == Cmd::Resume {
+        for (i, t) in cmd.tasks.iter().enumerate() {
+            match ctx.store.resume_record(&t.id).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    let why = format!(
+                        "list[{i}].id: no resume record for task {:?}: it was not stopped with cmd \"2\", or the record is older than 48 h",
+                        t.id
+                    );
+                    return seed_error(400, &why);
+                }
+                Err(e) => return seed_error(503, &format!("task store unavailable: {e}")),
+            }
+        }
     }
     let Some(bus) = ctx.bus.get().await else {
         return seed_error(503, "the command queue is unavailable; try again");
     };
-    if let Err(e) = bus
-        .publish("", COMMANDS_QUEUE, &body, vodfleet_bus::json_props())
-        .await
-    {
+    // Each HTTP request is its own command: a fresh message id, so the same body
+    // sent again later on purpose is not mistaken for a redelivery.
+    let props = vodfleet_bus::json_props().with_message_id(sign::nonce().into());
+    if let Err(e) = bus.publish("", COMMANDS_QUEUE, &body, props).await {
         tracing::warn!(error = %e, "HTTP command not queued");
         return seed_error(503, "the command queue is unavailable; try again");
     }

@@ -107,6 +107,8 @@ pub struct TaskView {
     pub epoch: u64,
     pub worker: Option<String>,
     pub position: Option<Position>,
+    /// How many times the list plays (0: until stopped or `end`).
+    pub loop_count: u32,
     pub sources: Vec<String>,
     pub destinations: Vec<DestinationView>,
     pub start_ms: u64,
@@ -119,6 +121,9 @@ pub struct TaskView {
 #[derive(Debug, Clone, Serialize)]
 pub struct DestinationView {
     pub url: String,
+    /// Tells apart destinations whose redacted URLs look the same (first 8 hex
+    /// digits of the URL's SHA-256: says nothing about the key).
+    pub fingerprint: String,
     pub state: Option<DestinationState>,
 }
 
@@ -674,6 +679,7 @@ impl Store {
             epoch: n("epoch"),
             worker: Some(f("worker")).filter(|w| !w.is_empty()),
             position: Self::position(id, &f("position"))?,
+            loop_count: spec.loop_count,
             sources: spec
                 .sources
                 .iter()
@@ -685,6 +691,7 @@ impl Store {
                 .enumerate()
                 .map(|(i, fw)| DestinationView {
                     url: redact::destination(&fw.url),
+                    fingerprint: hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(fw.url.as_bytes())[..4]),
                     state: states.get(i).copied(),
                 })
                 .collect(),

@@ -399,6 +399,9 @@ fn task(
     let sources = match cmd {
         // cmd 2 carries `src: [{"url": ""}]` in the seed; it names no media.
         Cmd::Terminate => Vec::new(),
+        // cmd 5 continues the recorded list; a `src` sent with it (the seed's example
+        // has one) is checked but not used, and may be left out.
+        Cmd::Resume if t.src.is_empty() => Vec::new(),
         _ => {
             let p = at.key("src");
             if t.src.is_empty() {

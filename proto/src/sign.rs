@@ -38,6 +38,20 @@ pub fn verify(secret: &[u8], timestamp: u64, body: &[u8], given: &str) -> bool {
     mac.verify_slice(&raw).is_ok()
 }
 
+/// A fresh nonce: time, a process-wide counter and the pid, hashed.
+pub fn nonce() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let digest =
+        <Sha256 as sha2::Digest>::digest(format!("{t}.{n}.{}", std::process::id()).as_bytes());
+    hex::encode(&digest[..12])
+}
+
 /// Parses `VODFLEET_API_KEYS`-style lists: `id1:secret1,id2:secret2`.
 pub fn parse_keys(s: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
     s.split(',')

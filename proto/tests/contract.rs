@@ -805,3 +805,15 @@ fn arrays_in_place_of_objects_are_refused() {
     let e = vodfleet_proto::parse_task_entry(entry).unwrap_err();
     assert_eq!(e.field, "fops");
 }
+
+/// cmd 5 resumes the recorded list: `src` may be left out.
+#[test]
+fn resume_needs_no_src() {
+    let body = br#"{"cmd":"5","type":"video","list":[{"id":"123","forward":[{"url":"rtmp://a.example/live/k","resetUrl":"rtmp://b.example/live/k2"}]}]}"#;
+    let c = vodfleet_proto::parse_command(body).expect("cmd 5 without src");
+    assert!(c.tasks[0].sources.is_empty());
+    assert_eq!(
+        c.tasks[0].forwards[0].reset_url.as_deref(),
+        Some("rtmp://b.example/live/k2")
+    );
+}
