@@ -10,6 +10,7 @@
 use crate::config::Config;
 use crate::event::{DestinationStatus, Event, Events};
 use crate::media::{Interrupt, Muxer, OutPacket, SharedParams};
+use crate::metrics;
 use crate::timeline::Track;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -162,6 +163,7 @@ impl Sender {
             let state = if failures == 0 {
                 DestinationState::Connecting
             } else {
+                metrics::get().destination_reconnects.inc();
                 DestinationState::Reconnecting
             };
             self.report(state, failures + 1, last_error.clone());
@@ -198,6 +200,7 @@ impl Sender {
             if failures >= self.attempts {
                 let e = last_error.clone().unwrap_or_default();
                 tracing::error!(destination = %self.shown, dest.index = self.index, attempts = failures, error = %e, "destination failed; the task goes on without it");
+                metrics::get().destination_failures.inc();
                 self.report(DestinationState::Failed, failures, last_error);
                 return; // dropping `rx` tells the media thread we are gone
             }
@@ -259,6 +262,11 @@ impl Sender {
             self.status
                 .bytes
                 .fetch_add(p.packet.size() as u64, Ordering::Relaxed);
+            let m = metrics::get();
+            m.bytes_sent.inc_by(p.packet.size() as u64);
+            if p.track == Track::Video {
+                m.frames_sent.inc();
+            }
         }
         if !self.interrupt.stopped() {
             muxer.finish(self.timeout);

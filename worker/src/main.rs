@@ -2,12 +2,16 @@
 //!
 //! `vodfleet-worker play TASK.json` runs one task (a seed-001 `list[]` entry)
 //! without any queue, until it finishes or is interrupted.
+//! `vodfleet-worker run` is fleet mode: work orders from RabbitMQ under leases.
 
 mod config;
 mod destination;
 mod error;
 mod event;
+mod fleet;
+mod http;
 mod media;
+mod metrics;
 mod pacer;
 mod source;
 mod task;
@@ -47,6 +51,9 @@ enum Command {
         #[arg(long, value_parser = parse_position)]
         resume: Option<vodfleet_proto::Position>,
     },
+    /// Fleet mode: take work orders from RabbitMQ (`VODFLEET_AMQP_URL`) and stream
+    /// them under leases until SIGTERM, then release every task and exit.
+    Run,
 }
 
 fn parse_position(s: &str) -> Result<vodfleet_proto::Position, String> {
@@ -86,6 +93,7 @@ fn main() -> ExitCode {
             progress,
             resume,
         } => play(tasks, progress, resume),
+        Command::Run => fleet::run(),
     }
 }
 
@@ -143,6 +151,8 @@ fn play(
         .build()
         .expect("tokio runtime");
     let cancel = CancellationToken::new();
+    let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut statuses = Vec::new();
     let mut controls = Vec::new();
     let mut running = Vec::new();
     for spec in specs {
@@ -180,9 +190,44 @@ fn play(
         .resume_from(resume);
         let thread = std::thread::Builder::new()
             .name(format!("task-{id}"))
-            .spawn(move || t.run())
+            .spawn({
+                let active = active.clone();
+                active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                move || {
+                    let outcome = t.run();
+                    active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    outcome
+                }
+            })
             .expect("spawning a task thread");
+        statuses.push(status.clone());
         running.push((id, thread, events, status, reporter, ticker));
+    }
+    // `/metrics` and friends, only when asked for: several `play`s may run side by side.
+    if let Ok(addr) = std::env::var("VODFLEET_HTTP_ADDR") {
+        let listener = match rt.block_on(tokio::net::TcpListener::bind(addr.trim())) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("VODFLEET_HTTP_ADDR {addr}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let refresh = move || {
+            let m = metrics::get();
+            m.streams_active
+                .set(active.load(std::sync::atomic::Ordering::Relaxed) as i64);
+            let lag = statuses
+                .iter()
+                .map(|s: &Arc<TaskStatus>| s.lag_ms.load(std::sync::atomic::Ordering::Relaxed))
+                .max()
+                .unwrap_or(0);
+            m.lag_seconds.set(lag as f64 / 1000.0);
+        };
+        let probes = http::Probes {
+            ready: Arc::new(|| true),
+            refresh: Arc::new(refresh),
+        };
+        rt.spawn(http::serve(listener, probes, CancellationToken::new()));
     }
     rt.spawn(async move {
         wait_for_signal().await;
@@ -272,7 +317,7 @@ async fn progress_ticker(status: Arc<TaskStatus>, events: event::Events) {
     }
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
     tokio::select! {

@@ -29,7 +29,13 @@ impl Fetch<'_> {
             .with_max_times(self.cfg.source_attempts.saturating_sub(1) as usize);
         (|| async {
             let n = attempt.fetch_add(1, Ordering::Relaxed) + 1;
-            self.attempt(n).await
+            let m = crate::metrics::get();
+            m.source_download_attempts.inc();
+            let r = self.attempt(n).await;
+            if r.is_err() && !self.cancel.is_cancelled() {
+                m.source_download_failures.inc();
+            }
+            r
         })
         .retry(backoff)
         .when(|e: &WorkerError| e.kind() == ErrorKind::Retry)

@@ -1,0 +1,652 @@
+//! Fleet mode: `vodfleet-worker run` takes work orders from RabbitMQ and streams
+//! them under leases (DESIGN §4, docs/design/fleet.md).
+//!
+//! - `link`: the RabbitMQ side: (re)connection, the work consumer with its slot
+//!   limit, the control queue, and the outbox of messages that must arrive.
+//! - `lease`: which tasks this worker may publish, and until when (fencing).
+//! - here: the tasks themselves (one media thread each, as in `play`), the
+//!   heartbeat, the fence watch, and the SIGTERM drain.
+//!
+//! Streams never depend on the broker: when RabbitMQ goes away they go on, the
+//! link reconnects with backoff, and only the fence (no renewal for the lease
+//! TTL) stops them.
+
+mod lease;
+mod link;
+
+use crate::config::{Config, FleetConfig, FENCE_MARGIN};
+use crate::event::TaskStatus;
+use crate::event::{unix_ms, Callbacks, Event};
+use crate::metrics;
+use crate::source::Sources;
+use crate::task::{Control, End, Outcome, Task};
+use lease::Leases;
+use link::Outbox;
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use vodfleet_bus::Bus;
+use vodfleet_proto::fleet::{
+    DestinationState, EventKind, TaskBeat, ToWorker, WorkOrder, WorkerMessage,
+};
+use vodfleet_proto::{Position, TaskSpec};
+
+/// Runs the worker until SIGTERM/SIGINT, then drains. Exit codes: 0 drained,
+/// 1 the drain timed out, 2 bad configuration.
+pub fn run() -> ExitCode {
+    let (cfg, fleet_cfg) = match (Config::from_env(), FleetConfig::from_env()) {
+        (Ok(c), Ok(f)) => (c, f),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::media::init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(fleet_cfg.http_addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("VODFLEET_HTTP_ADDR {}: {e}", fleet_cfg.http_addr);
+                return ExitCode::from(2);
+            }
+        };
+        let fleet = Fleet::new(cfg, fleet_cfg);
+        tracing::info!(
+            worker.id = %fleet.cfg.worker_id,
+            slots = fleet.cfg.slots,
+            http = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            "worker starting"
+        );
+        let link = tokio::spawn(link::run(fleet.clone()));
+        fleet.start_loops(listener);
+        crate::wait_for_signal().await;
+        tracing::info!("draining: releasing every task; a second signal exits at once");
+        tokio::spawn(async {
+            crate::wait_for_signal().await;
+            std::process::exit(130);
+        });
+        let drained = tokio::time::timeout(fleet.cfg.drain_timeout, fleet.drain())
+            .await
+            .is_ok();
+        // The loops first, then the connection they publish on.
+        fleet.shutdown.cancel();
+        fleet.tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), fleet.tracker.wait()).await;
+        fleet.disconnect.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), link).await;
+        if drained {
+            tracing::info!("drained; bye");
+            ExitCode::SUCCESS
+        } else {
+            tracing::error!(
+                tasks = fleet.tasks().len(),
+                unconfirmed = fleet.outbox.pending(),
+                "drain timed out; exiting anyway"
+            );
+            ExitCode::from(1)
+        }
+    })
+}
+
+/// Why the worker stopped a task (decides what it reports afterwards).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    /// `ToWorker::Stop` (cmd 2): report `stopped` and release with the position.
+    Control,
+    /// SIGTERM: release with the position, so the coordinator re-issues at once.
+    Drain,
+    /// The coordinator revoked the lease: it is no longer ours to report on.
+    Revoked,
+    /// No renewal within the lease TTL: stopped before anyone else may start it.
+    Fenced,
+    /// A newer epoch of the same task came to this worker.
+    Superseded,
+}
+
+/// One task on this worker.
+struct Running {
+    spec: TaskSpec,
+    callback_url: Option<String>,
+    /// The engine's destination indexes still in the coordinator's spec (a
+    /// partial stop removes some), in spec order.
+    dests: Vec<usize>,
+    control: std::sync::mpsc::Sender<Control>,
+    status: Arc<TaskStatus>,
+    /// Cancels the task's downloads.
+    cancel: CancellationToken,
+    stopping: Option<StopReason>,
+}
+
+/// (task id, epoch)
+type Key = (String, u64);
+
+pub(crate) struct Fleet {
+    cfg: FleetConfig,
+    media: Config,
+    tasks: Mutex<HashMap<Key, Running>>,
+    leases: Mutex<Leases>,
+    outbox: Outbox,
+    /// The current connection, while there is one.
+    bus: watch::Sender<Option<Arc<Bus>>>,
+    /// A task started or ended (the intake waits for a free slot on it).
+    changed: Notify,
+    /// Send a heartbeat now (a task started or ended, or the link came back).
+    beat_now: Notify,
+    beat_seq: AtomicU64,
+    /// Whether the work consumer is active (for `/readyz`).
+    consuming: AtomicBool,
+    draining: CancellationToken,
+    /// Ends the loops (heartbeat, fence, outbox, HTTP) and the tasks' downloads.
+    shutdown: CancellationToken,
+    /// Ends the RabbitMQ link, once nothing publishes any more.
+    disconnect: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Fleet {
+    fn new(media: Config, cfg: FleetConfig) -> Arc<Fleet> {
+        let (outbox, outbox_rx) = Outbox::new();
+        let fleet = Arc::new(Fleet {
+            leases: Mutex::new(Leases::new(cfg.lease_ttl, FENCE_MARGIN)),
+            cfg,
+            media,
+            tasks: Mutex::new(HashMap::new()),
+            outbox,
+            bus: watch::channel(None).0,
+            changed: Notify::new(),
+            beat_now: Notify::new(),
+            beat_seq: AtomicU64::new(0),
+            consuming: AtomicBool::new(false),
+            draining: CancellationToken::new(),
+            shutdown: CancellationToken::new(),
+            disconnect: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        });
+        fleet
+            .tracker
+            .spawn(link::publish_outbox(fleet.clone(), outbox_rx));
+        fleet
+    }
+
+    fn start_loops(self: &Arc<Self>, listener: tokio::net::TcpListener) {
+        self.tracker.spawn(self.clone().heartbeat());
+        self.tracker.spawn(self.clone().fence_watch());
+        let (ready, refresh) = (self.clone(), self.clone());
+        let probes = crate::http::Probes {
+            ready: Arc::new(move || ready.is_ready()),
+            refresh: Arc::new(move || refresh.refresh_gauges()),
+        };
+        self.tracker
+            .spawn(crate::http::serve(listener, probes, self.shutdown.clone()));
+    }
+
+    fn tasks(&self) -> MutexGuard<'_, HashMap<Key, Running>> {
+        self.tasks.lock().expect("tasks lock")
+    }
+
+    fn leases(&self) -> MutexGuard<'_, Leases> {
+        self.leases.lock().expect("leases lock")
+    }
+
+    fn free_slots(&self) -> usize {
+        self.cfg.slots.saturating_sub(self.tasks().len())
+    }
+
+    fn connected(&self) -> Option<Arc<Bus>> {
+        self.bus.borrow().clone()
+    }
+
+    /// Ready: connected, and taking work unless every slot is busy (by design).
+    fn is_ready(&self) -> bool {
+        !self.draining.is_cancelled()
+            && self.connected().is_some_and(|b| b.is_connected())
+            && (self.consuming.load(Ordering::Relaxed) || self.free_slots() == 0)
+    }
+
+    fn refresh_gauges(&self) {
+        let m = metrics::get();
+        let tasks = self.tasks();
+        m.streams_active.set(tasks.len() as i64);
+        m.free_slots
+            .set(self.cfg.slots.saturating_sub(tasks.len()) as i64);
+        let lag = tasks
+            .values()
+            .map(|r| r.status.lag_ms.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0);
+        m.lag_seconds.set(lag as f64 / 1000.0);
+    }
+
+    /// Starts the task of a work order (its delivery is already acked).
+    fn take(self: &Arc<Self>, order: WorkOrder) {
+        let WorkOrder {
+            task_id,
+            epoch,
+            spec,
+            resume,
+            issued_ms,
+            callback_url,
+        } = order;
+        let mut tasks = self.tasks();
+        let older: Vec<Key> = tasks
+            .keys()
+            .filter(|(t, _)| *t == task_id)
+            .cloned()
+            .collect();
+        if let Some(newest) = older.iter().map(|(_, e)| *e).max() {
+            if newest >= epoch {
+                tracing::info!(task.id = %task_id, epoch, running_epoch = newest, "ignoring a work order for an epoch this worker already had");
+                return;
+            }
+        }
+        for key in &older {
+            self.stop_locked(&mut tasks, key, StopReason::Superseded);
+        }
+        let age = Duration::from_millis(unix_ms().saturating_sub(issued_ms));
+        if !self.leases().take(&task_id, epoch, age, Instant::now()) {
+            tracing::warn!(task.id = %task_id, epoch, age_ms = age.as_millis() as u64, "work order older than the lease; not starting it (is the clock of this host right?)");
+            return;
+        }
+        let cancel = self.shutdown.child_token();
+        let sources = match Sources::new(
+            &self.media,
+            &task_id,
+            cancel.clone(),
+            tokio::runtime::Handle::current(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(task.id = %task_id, error = %e, "cache directory unusable");
+                self.leases().release(&task_id, epoch);
+                let msg = format!("worker cache directory: {e}");
+                let key = (task_id, epoch);
+                self.outbox
+                    .send(self.finished(&key, resume.unwrap_or_default(), Some(msg)));
+                return;
+            }
+        };
+        let (events, events_rx) = mpsc::unbounded_channel::<Event>();
+        let (control, control_rx) = std::sync::mpsc::channel();
+        let status = Arc::new(TaskStatus::default());
+        let task = Task::new(
+            spec.clone(),
+            self.media.clone(),
+            sources,
+            tokio::runtime::Handle::current(),
+            events,
+            status.clone(),
+            control_rx,
+        )
+        .resume_from(resume);
+        let (done, done_rx) = oneshot::channel::<Outcome>();
+        let key: Key = (task_id.clone(), epoch);
+        let spawned = std::thread::Builder::new()
+            .name(format!("task-{task_id}"))
+            .spawn(move || {
+                let _ = done.send(task.run());
+            });
+        if let Err(e) = spawned {
+            tracing::error!(task.id = %task_id, error = %e, "cannot start a task thread");
+            self.leases().release(&task_id, epoch);
+            return;
+        }
+        tracing::info!(task.id = %task_id, epoch, resume = ?resume, "task started");
+        tasks.insert(
+            key.clone(),
+            Running {
+                dests: (0..spec.forwards.len()).collect(),
+                spec,
+                callback_url,
+                control,
+                status,
+                cancel,
+                stopping: None,
+            },
+        );
+        drop(tasks);
+        self.tracker
+            .spawn(self.clone().supervise(key, events_rx, done_rx));
+        self.changed.notify_waiters();
+        self.beat_now.notify_one();
+    }
+
+    /// Stops a task (once; the first reason counts).
+    fn stop_locked(&self, tasks: &mut HashMap<Key, Running>, key: &Key, reason: StopReason) {
+        let Some(r) = tasks.get_mut(key) else { return };
+        if r.stopping.is_some() {
+            return;
+        }
+        r.stopping = Some(reason);
+        r.cancel.cancel();
+        let _ = r.control.send(Control::Stop);
+        self.leases().release(&key.0, key.1);
+        match reason {
+            StopReason::Fenced => {
+                metrics::get().fenced.with_label_values(&["expired"]).inc();
+                tracing::warn!(task.id = %key.0, epoch = key.1, "lease not renewed in time: stopping the task (self-fence)");
+            }
+            StopReason::Revoked => {
+                metrics::get().fenced.with_label_values(&["revoked"]).inc();
+                tracing::warn!(task.id = %key.0, epoch = key.1, "lease revoked: stopping the task");
+            }
+            other => {
+                tracing::info!(task.id = %key.0, epoch = key.1, reason = ?other, "stopping the task")
+            }
+        }
+    }
+
+    fn stop(&self, key: &Key, reason: StopReason) {
+        let mut tasks = self.tasks();
+        self.stop_locked(&mut tasks, key, reason);
+    }
+
+    /// The live (not stopping) run of `task_id` whose epoch is at most `epoch`:
+    /// a control message for a newer epoch still concerns the run it supersedes.
+    fn live_key(&self, tasks: &HashMap<Key, Running>, task_id: &str, epoch: u64) -> Option<Key> {
+        tasks
+            .iter()
+            .filter(|((t, e), r)| t == task_id && *e <= epoch && r.stopping.is_none())
+            .map(|(k, _)| k.clone())
+            .max_by_key(|(_, e)| *e)
+    }
+
+    /// Relays task events, then reports how the task ended.
+    async fn supervise(
+        self: Arc<Self>,
+        key: Key,
+        mut events: mpsc::UnboundedReceiver<Event>,
+        done: oneshot::Receiver<Outcome>,
+    ) {
+        let (task_id, epoch) = key.clone();
+        let mut callbacks = Callbacks::new();
+        // Ends when the task thread and its destinations are gone.
+        while let Some(e) = events.recv().await {
+            tracing::info!(task.id = %task_id, epoch, event = %serde_json::to_string(&e).unwrap_or_default(), "task event");
+            if let Some(mut te) = callbacks.translate(&e) {
+                if te.kind == EventKind::ForwardFailed {
+                    // Index into the coordinator's spec, which lost stopped destinations.
+                    te.index = te.index.and_then(|i| {
+                        self.tasks()
+                            .get(&key)
+                            .and_then(|r| r.dests.iter().position(|d| *d == i))
+                    });
+                }
+                self.outbox.send(self.event(&key, te));
+            }
+        }
+        let outcome = done.await.unwrap_or_else(|_| Outcome {
+            end: End::Failed(crate::error::WorkerError::Unsupported {
+                task: task_id.clone(),
+                cause: "media thread panicked".into(),
+            }),
+            position: Default::default(),
+        });
+        let running = self.tasks().remove(&key);
+        self.leases().release(&task_id, epoch);
+        let reason = running.as_ref().and_then(|r| r.stopping);
+        let position = outcome.position;
+        tracing::info!(task.id = %task_id, epoch, end = ?outcome.end, reason = ?reason, ?position, "task ended");
+        let mut report = |kind: EventKind, message: String, result: WorkerMessage| {
+            let e = callbacks.next(kind, None, message);
+            self.outbox.send(self.event(&key, e));
+            self.outbox.send(result);
+        };
+        match (reason, outcome.end) {
+            // The lease is someone else's now: nothing to report.
+            (Some(StopReason::Revoked | StopReason::Fenced | StopReason::Superseded), _) => {}
+            (_, End::Finished) => report(
+                EventKind::Finished,
+                "finished".into(),
+                self.finished(&key, position, None),
+            ),
+            (_, End::Failed(err)) => report(
+                EventKind::Failed,
+                err.to_string(),
+                self.finished(&key, position, Some(err.to_string())),
+            ),
+            // Scale-down is no stop of the producer's: no callback, just the release.
+            (Some(StopReason::Drain), End::Stopped) => {
+                self.outbox.send(self.released(&key, position))
+            }
+            (_, End::Stopped) => report(
+                EventKind::Stopped,
+                "stopped".into(),
+                self.released(&key, position),
+            ),
+        }
+        self.changed.notify_waiters();
+        self.beat_now.notify_one();
+    }
+
+    fn released(&self, (task_id, epoch): &Key, position: Position) -> WorkerMessage {
+        WorkerMessage::Released {
+            worker_id: self.cfg.worker_id.clone(),
+            task_id: task_id.clone(),
+            epoch: *epoch,
+            position,
+        }
+    }
+
+    fn finished(
+        &self,
+        (task_id, epoch): &Key,
+        position: Position,
+        error: Option<String>,
+    ) -> WorkerMessage {
+        WorkerMessage::Finished {
+            worker_id: self.cfg.worker_id.clone(),
+            task_id: task_id.clone(),
+            epoch: *epoch,
+            position,
+            error,
+        }
+    }
+
+    fn event(&self, key: &Key, event: vodfleet_proto::fleet::TaskEvent) -> WorkerMessage {
+        WorkerMessage::Event {
+            worker_id: self.cfg.worker_id.clone(),
+            task_id: key.0.clone(),
+            epoch: key.1,
+            event,
+        }
+    }
+
+    /// One message from the control queue.
+    fn on_control(&self, msg: ToWorker) {
+        match msg {
+            ToWorker::LeaseAck {
+                seq,
+                renewed,
+                revoked,
+                unknown,
+            } => {
+                let verdict = self.leases().ack(seq, &renewed, &revoked, &unknown);
+                let mut tasks = self.tasks();
+                for key in &verdict.revoked {
+                    self.stop_locked(&mut tasks, key, StopReason::Revoked);
+                }
+                for key in verdict.reclaim {
+                    let Some(r) = tasks.get(&key) else { continue };
+                    tracing::warn!(task.id = %key.0, epoch = key.1, "the coordinator does not know this task: reclaiming it");
+                    self.outbox.send(WorkerMessage::Reclaim {
+                        worker_id: self.cfg.worker_id.clone(),
+                        task_id: key.0,
+                        epoch: key.1,
+                        spec: r.spec.clone(),
+                        position: r.status.position(),
+                        callback_url: r.callback_url.clone(),
+                    });
+                }
+            }
+            ToWorker::Stop {
+                task_id,
+                epoch,
+                forwards: None,
+            } => self.with_live(&task_id, epoch, "stop", |tasks, key| {
+                self.stop_locked(tasks, &key, StopReason::Control)
+            }),
+            ToWorker::Stop {
+                task_id,
+                epoch,
+                forwards: Some(urls),
+            } => self.with_live(&task_id, epoch, "stop", |tasks, key| {
+                let r = tasks.get_mut(&key).expect("live key");
+                // The coordinator's spec loses these destinations: so do our reports.
+                (r.dests, r.spec.forwards) = r
+                    .dests
+                    .iter()
+                    .copied()
+                    .zip(r.spec.forwards.drain(..))
+                    .filter(|(_, f)| !urls.contains(&f.url))
+                    .unzip();
+                let _ = r.control.send(Control::StopForwards(urls));
+                if r.spec.forwards.is_empty() {
+                    // The task stops itself once it has closed them all.
+                    r.stopping = Some(StopReason::Control);
+                    self.leases().release(&key.0, key.1);
+                }
+            }),
+            ToWorker::Update {
+                task_id,
+                epoch,
+                sources,
+                wait_current,
+            } => self.with_live(&task_id, epoch, "update", |tasks, key| {
+                let r = tasks.get_mut(&key).expect("live key");
+                r.spec.sources = sources.clone();
+                let _ = r.control.send(Control::Update {
+                    sources,
+                    wait_current,
+                });
+            }),
+        }
+    }
+
+    /// Applies `f` to the live run of `task_id` that a control message for `epoch` concerns.
+    fn with_live(
+        &self,
+        task_id: &str,
+        epoch: u64,
+        what: &str,
+        f: impl FnOnce(&mut HashMap<Key, Running>, Key),
+    ) {
+        let mut tasks = self.tasks();
+        match self.live_key(&tasks, task_id, epoch) {
+            Some(key) => f(&mut tasks, key),
+            None => {
+                tracing::info!(task.id = %task_id, epoch, "{what} for a task this worker does not run")
+            }
+        }
+    }
+
+    /// One heartbeat per interval (and one at once when the task set changes or
+    /// the link comes back), while connected.
+    async fn heartbeat(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.cfg.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.beat_now.notified() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            let Some(bus) = self.connected() else {
+                continue;
+            };
+            let seq = self.beat_seq.fetch_add(1, Ordering::Relaxed) + 1;
+            let beat = self.beat(seq);
+            self.leases().beat_sent(seq, Instant::now());
+            let sent = tokio::time::timeout(
+                self.cfg.heartbeat,
+                bus.publish_json("", link::EVENTS, &beat),
+            )
+            .await;
+            match sent {
+                Ok(Ok(())) => metrics::get().heartbeats.inc(),
+                Ok(Err(e)) => tracing::warn!(seq, error = %e, "heartbeat not published"),
+                Err(_) => tracing::warn!(seq, "heartbeat not confirmed in time"),
+            }
+        }
+    }
+
+    fn beat(&self, seq: u64) -> WorkerMessage {
+        let tasks = self.tasks();
+        let mut beats: Vec<TaskBeat> = tasks
+            .iter()
+            .filter(|(_, r)| r.stopping.is_none())
+            .map(|((task_id, epoch), r)| {
+                let states = r.status.destinations.lock().expect("status lock");
+                TaskBeat {
+                    task_id: task_id.clone(),
+                    epoch: *epoch,
+                    position: r.status.position(),
+                    destinations: r
+                        .dests
+                        .iter()
+                        .map(|i| {
+                            states
+                                .get(*i)
+                                .map_or(DestinationState::Connecting, |d| d.state())
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        beats.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        WorkerMessage::Heartbeat {
+            worker_id: self.cfg.worker_id.clone(),
+            seq,
+            sent_ms: unix_ms(),
+            free_slots: self.cfg.slots.saturating_sub(tasks.len()) as u32,
+            tasks: beats,
+        }
+    }
+
+    /// Stops every task whose lease ran out (checked every 100 ms: well inside the
+    /// 500 ms margin the fence keeps before the coordinator's own expiry).
+    async fn fence_watch(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            let expired = self.leases().expired(Instant::now());
+            for key in expired {
+                self.stop(&key, StopReason::Fenced);
+            }
+        }
+    }
+
+    /// SIGTERM: take no more work, stop every task and wait until each release
+    /// is confirmed by RabbitMQ.
+    async fn drain(&self) {
+        self.draining.cancel();
+        {
+            let mut tasks = self.tasks();
+            let keys: Vec<Key> = tasks.keys().cloned().collect();
+            for key in keys {
+                self.stop_locked(&mut tasks, &key, StopReason::Drain);
+            }
+        }
+        loop {
+            let changed = self.changed.notified();
+            if self.tasks().is_empty() {
+                break;
+            }
+            changed.await;
+        }
+        self.outbox.flushed().await;
+    }
+}
