@@ -5,12 +5,17 @@
 //! local TCP/HTTP servers ([`http`]) and the built `vodfleet-worker` binary
 //! ([`worker`]). Waiting is always polling with a deadline, never a fixed sleep.
 
+pub mod fleet;
 pub mod http;
 pub mod media;
 pub mod probe;
 pub mod rtmp;
 pub mod worker;
 
+pub use fleet::{
+    counter_mp4, read_counters, CallbackReceiver, Coordinator, Fleet, FleetOptions, FleetWorker,
+    Producer, PublisherWatch, RabbitNode, RedisServer, Vhost,
+};
 pub use http::{closed_port, Behavior, Dropper, HttpServer, Request};
 pub use media::{Container, Media, MediaSpec, Pattern};
 pub use probe::{Kind, Pkt, Recording, StreamInfo};

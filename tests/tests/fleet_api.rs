@@ -1,0 +1,110 @@
+//! The coordinator's HTTP API (DESIGN §2.2): the seed's drop-in path with HMAC
+//! request signatures (refused unsigned, badly signed, stale or replayed), the
+//! task listings, and stream keys never shown in them.
+
+use serde_json::Value;
+use std::time::Duration;
+use vodfleet_tests::fleet::{
+    body_of, long_counter, now_ms, signed_headers, signed_headers_at, FleetOptions, HttpReply,
+    API_KEY,
+};
+use vodfleet_tests::{poll, Fleet};
+
+const SEED_PATH: &str = "/api/cdn/v2/forwardRequest.action";
+
+fn assert_seed_shape(r: &HttpReply, code: u16) -> Value {
+    assert_eq!(r.status, code, "HTTP status; body {}", r.text());
+    let v = r.json();
+    assert_eq!(v["http_code"], code.to_string(), "{v}");
+    assert!(v["msg"].is_string(), "{v}");
+    assert!(v["call_time"].is_u64(), "{v}");
+    v
+}
+
+#[test]
+fn signed_requests_get_in_once_and_listings_never_show_stream_keys() {
+    let fleet = Fleet::start(FleetOptions::default());
+    let (c1, c2) = (&fleet.coordinators[0], &fleet.coordinators[1]);
+    let media = long_counter();
+    let task = fleet.new_task(&[&media], 1);
+    let body = body_of(&task.start(0));
+
+    let refused: Vec<(&str, Vec<(String, String)>)> = vec![
+        ("unsigned", vec![]),
+        (
+            "bad signature",
+            signed_headers(API_KEY.0, "not-the-secret-0123456789", &body),
+        ),
+        ("unknown key id", signed_headers("nobody", API_KEY.1, &body)),
+        (
+            "stale timestamp",
+            signed_headers_at(API_KEY.0, API_KEY.1, now_ms() / 1000 - 400, &body),
+        ),
+        (
+            "signature of another body",
+            signed_headers(API_KEY.0, API_KEY.1, b"{}"),
+        ),
+    ];
+    for (what, headers) in &refused {
+        let r = c1.request("POST", SEED_PATH, headers, &body);
+        assert_eq!(r.status, 403, "{what}: {}", r.text());
+        assert_seed_shape(&r, 403);
+    }
+    assert!(
+        !fleet.rtmp.is_publishing(task.key()),
+        "a refused request started the task"
+    );
+
+    let headers = signed_headers(API_KEY.0, API_KEY.1, &body);
+    let r = c1.request("POST", SEED_PATH, &headers, &body);
+    let v = assert_seed_shape(&r, 200);
+    assert_eq!(v["msg"], "receive task success!");
+    let replay = c2.request("POST", SEED_PATH, &headers, &body);
+    assert_eq!(
+        replay.status,
+        403,
+        "a replayed signed request (to another replica) must be refused: {}",
+        replay.text()
+    );
+    fleet
+        .rtmp
+        .wait_publishing(task.key(), Duration::from_secs(15));
+
+    // Both replicas list it; neither shows the stream key.
+    let listed = poll(Duration::from_secs(10), || {
+        let all = c2.tasks();
+        all.to_string().contains(&task.id).then_some(all)
+    })
+    .unwrap_or_else(|| panic!("task {} not in GET /v1/tasks", task.id));
+    let one = poll(Duration::from_secs(10), || c1.task(&task.id))
+        .unwrap_or_else(|| panic!("GET /v1/tasks/{} found nothing", task.id));
+    assert!(one.to_string().contains(&task.id), "{one}");
+    for (what, v) in [("GET /v1/tasks", &listed), ("GET /v1/tasks/{id}", &one)] {
+        let text = v.to_string();
+        assert!(
+            !text.contains(task.key()),
+            "{what} shows the stream key {}: {text}",
+            task.key()
+        );
+    }
+    let unsigned = c1.request("GET", &format!("/v1/tasks/{}", task.id), &[], b"");
+    assert_eq!(
+        unsigned.status,
+        403,
+        "an unsigned read: {}",
+        unsigned.text()
+    );
+
+    // POST /v1/commands is the same intake: stop it there, on the other replica.
+    let stop = body_of(&task.stop());
+    let r = c2.request(
+        "POST",
+        "/v1/commands",
+        &signed_headers(API_KEY.0, API_KEY.1, &stop),
+        &stop,
+    );
+    assert_seed_shape(&r, 200);
+    fleet
+        .rtmp
+        .wait_unpublished(task.key(), Duration::from_secs(10));
+}

@@ -1,0 +1,135 @@
+//! Issue 3 (g): a callback receiver that fails twice (500, then 200 with an
+//! empty body, which the seed counts as a failure too) and then succeeds gets
+//! every event exactly once by `event_id`, each eventually answered 2xx, and
+//! every request's signature verifies with `VODFLEET_CALLBACK_KEY`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+use vodfleet_tests::fleet::{
+    counter_runs, seed, tag_runs, tagged_counter, verify_signed, Answer, FleetOptions,
+};
+use vodfleet_tests::{poll, read_counters, CallbackReceiver, Fleet};
+
+const CALLBACK_KEY: (&str, &str) = ("cbkey", "callback-secret-for-tests-0123");
+
+#[test]
+fn every_event_arrives_once_by_id_retried_past_failures_and_signed() {
+    let fleet = Fleet::start(
+        FleetOptions::default().callback_key(&format!("{}:{}", CALLBACK_KEY.0, CALLBACK_KEY.1)),
+    );
+    let rx = CallbackReceiver::start(
+        vec![Answer::new(500, "not now"), Answer::new(200, "")],
+        Answer::new(200, "ok"),
+    );
+    let producer = fleet.producer();
+    // Two 4 s items, played until stopped, with a callback at each item start.
+    let (a, b) = (tagged_counter(4.0, 1), tagged_counter(4.0, 2));
+    let task = fleet.new_task(&[&a, &b], 1);
+    let start = seed::with_callback(
+        seed::with_param(task.start(0), "callBackFileInfo", "1"),
+        &rx.url(),
+    );
+    producer.send(&start);
+    fleet
+        .rtmp
+        .wait_publishing(task.key(), Duration::from_secs(15));
+    // Stop in the middle of the third item (stream time ≈ 10 s with the burst).
+    std::thread::sleep(Duration::from_secs(9));
+    producer.send(&task.stop());
+    fleet
+        .rtmp
+        .wait_unpublished(task.key(), Duration::from_secs(10));
+
+    let all_delivered = |by: &BTreeMap<String, Vec<vodfleet_tests::fleet::Post>>| {
+        by.values().all(|posts| posts.iter().any(|p| p.delivered()))
+    };
+    let done = poll(Duration::from_secs(40), || {
+        let by = rx.by_event();
+        let stopped = rx.events().iter().any(|e| e["event"] == "stopped");
+        (stopped && all_delivered(&by)).then_some(by)
+    });
+    let by = done.unwrap_or_else(|| {
+        panic!(
+            "not every event was delivered (or no `stopped`) within 40 s: {:#?}\n{}",
+            rx.by_event()
+                .iter()
+                .map(|(k, v)| (
+                    k.clone(),
+                    v.iter().map(|p| p.answer.status).collect::<Vec<_>>()
+                ))
+                .collect::<Vec<_>>(),
+            fleet.reports()
+        )
+    });
+
+    for p in rx.posts() {
+        verify_signed(&p.headers, &p.body, &[CALLBACK_KEY])
+            .unwrap_or_else(|e| panic!("callback {}: {e}", String::from_utf8_lossy(&p.body)));
+    }
+    for (id, posts) in &by {
+        assert!(
+            !id.is_empty(),
+            "a callback without event_id: {:?}",
+            posts[0].json
+        );
+        let attempts: Vec<usize> = posts.iter().map(|p| p.attempt).collect();
+        assert!(
+            attempts.starts_with(&[0, 1, 2]),
+            "event {id} was not retried past the two failures: attempts {attempts:?}"
+        );
+        let kinds: Vec<&serde_json::Value> = posts
+            .iter()
+            .filter_map(|p| p.json.as_ref())
+            .map(|j| &j["event"])
+            .collect();
+        assert!(
+            kinds.windows(2).all(|w| w[0] == w[1]),
+            "one event_id, several events: {kinds:?}"
+        );
+    }
+
+    let events = rx.events();
+    for e in &events {
+        assert_eq!(e["id"], task.id.as_str(), "{e}");
+        for field in [
+            "msg",
+            "code",
+            "srcurl",
+            "cmd",
+            "forwardurl",
+            "event",
+            "event_id",
+        ] {
+            assert!(
+                e[field].is_string(),
+                "callback field {field} missing or not a string: {e}"
+            );
+        }
+        assert!(
+            ["0", "1", "2"].contains(&e["code"].as_str().unwrap_or("")),
+            "{e}"
+        );
+        assert!(
+            e["timestamp"].is_number() || e["timestamp"].is_string(),
+            "{e}"
+        );
+    }
+    let count = |kind: &str| events.iter().filter(|e| e["event"] == kind).count();
+    let recorded = read_counters(&fleet.rtmp.record_path(task.key()));
+    let item_starts = tag_runs(&recorded).len();
+    eprintln!(
+        "recorded: {}\nevents: {:?}",
+        counter_runs(&recorded),
+        events
+            .iter()
+            .map(|e| e["event"].clone())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(count("started"), 1, "`started` events: {events:#?}");
+    assert_eq!(count("stopped"), 1, "`stopped` events: {events:#?}");
+    assert_eq!(
+        count("file_started"),
+        item_starts,
+        "one `file_started` per item start the server saw ({item_starts})"
+    );
+}
