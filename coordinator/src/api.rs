@@ -10,7 +10,7 @@ use crate::ctx::{now_ms, Ctx};
 use crate::intake::response;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -42,7 +42,13 @@ fn seed_error(code: u16, msg: &str) -> Response {
 type Refusal = (u16, String);
 
 /// Checks the request's signature.
-async fn check_signature(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> Result<(), Refusal> {
+async fn check_signature(
+    ctx: &Ctx,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), Refusal> {
     if ctx.cfg.auth_disabled {
         return Ok(());
     }
@@ -53,12 +59,13 @@ async fn check_signature(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> Result<
             .map(str::to_owned)
     };
     let forbid = |why: &str| Err((403, format!("forbidden: {why}")));
-    let (Some(key_id), Some(ts), Some(sig)) = (
+    let (Some(key_id), Some(ts), Some(nonce), Some(sig)) = (
         h(sign::KEY_ID_HEADER),
         h(sign::TIMESTAMP_HEADER),
+        h(sign::NONCE_HEADER),
         h(sign::SIGNATURE_HEADER),
     ) else {
-        return forbid("the request is not signed (x-vodfleet-key-id, x-vodfleet-timestamp, x-vodfleet-signature)");
+        return forbid("the request is not signed (x-vodfleet-key-id, x-vodfleet-timestamp, x-vodfleet-nonce, x-vodfleet-signature)");
     };
     let Ok(ts) = ts.parse::<u64>() else {
         return forbid("x-vodfleet-timestamp is not Unix seconds");
@@ -70,7 +77,15 @@ async fn check_signature(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> Result<
     let Some((_, secret)) = ctx.cfg.api_keys.iter().find(|(id, _)| *id == key_id) else {
         return forbid("unknown key id");
     };
-    if !sign::verify(secret, ts, body, &sig) {
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let req = sign::Signed {
+        method: method.as_str(),
+        path,
+        timestamp: ts,
+        nonce: &nonce,
+        body,
+    };
+    if !sign::verify(secret, &req, &sig) {
         return forbid("bad signature");
     }
     // A signature is good once: remembered (in Redis, shared by every replica) for the skew window.
@@ -90,14 +105,26 @@ async fn check_signature(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> Result<
     Ok(())
 }
 
-async fn authenticate(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> Result<(), Response> {
-    check_signature(ctx, headers, body)
+async fn authenticate(
+    ctx: &Ctx,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), Response> {
+    check_signature(ctx, method, uri, headers, body)
         .await
         .map_err(|(code, msg)| seed_error(code, &msg))
 }
 
-async fn command(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = authenticate(&ctx, &headers, &body).await {
+async fn command(
+    State(ctx): State<Arc<Ctx>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authenticate(&ctx, &method, &uri, &headers, &body).await {
         ctx.metrics
             .commands
             .with_label_values(&["http", "forbidden"])
@@ -154,8 +181,13 @@ fn field_error(e: &FieldError) -> Response {
     seed_error(e.kind.http_code(), &e.to_string())
 }
 
-async fn list(State(ctx): State<Arc<Ctx>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authenticate(&ctx, &headers, b"").await {
+async fn list(
+    State(ctx): State<Arc<Ctx>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authenticate(&ctx, &method, &uri, &headers, b"").await {
         return r;
     }
     match ctx.store.list().await {
@@ -164,8 +196,14 @@ async fn list(State(ctx): State<Arc<Ctx>>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn one(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = authenticate(&ctx, &headers, b"").await {
+async fn one(
+    State(ctx): State<Arc<Ctx>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = authenticate(&ctx, &method, &uri, &headers, b"").await {
         return r;
     }
     match ctx.store.get(&id).await {

@@ -148,6 +148,13 @@ async fn deliver(
         }
     }
     let body = serde_json::to_vec(&cb.payload).expect("json");
+    // The signature covers the path and query the receiver sees.
+    let path = url::Url::parse(&cb.url)
+        .map(|u| match u.query() {
+            Some(q) => format!("{}?{q}", u.path()),
+            None => u.path().to_owned(),
+        })
+        .unwrap_or_default();
     let mut delay = backoff;
     for attempt in 1..=attempts.max(1) {
         let ts = crate::ctx::now_ms() / 1000;
@@ -156,10 +163,19 @@ async fn deliver(
             .header("content-type", "application/json")
             .timeout(Duration::from_secs(10));
         if let Some((id, secret)) = key {
+            let nonce = sign::nonce();
+            let signed = sign::Signed {
+                method: "POST",
+                path: &path,
+                timestamp: ts,
+                nonce: &nonce,
+                body: &body,
+            };
             req = req
                 .header(sign::KEY_ID_HEADER, id)
                 .header(sign::TIMESTAMP_HEADER, ts.to_string())
-                .header(sign::SIGNATURE_HEADER, sign::signature(secret, ts, &body));
+                .header(sign::NONCE_HEADER, &nonce)
+                .header(sign::SIGNATURE_HEADER, sign::signature(secret, &signed));
         }
         let outcome = match req.body(body.clone()).send().await {
             Ok(resp) if resp.status().is_success() => match resp.bytes().await {

@@ -19,12 +19,9 @@ use vodfleet_bus::lapin::BasicProperties;
 use vodfleet_proto::fleet::{ToWorker, WorkOrder, COMMANDS_DEAD_QUEUE, REASON_HEADER};
 use vodfleet_proto::{parse_command, Cmd, Command, FieldError, TaskSpec};
 
-/// How long a body digest marks a command as applied: long enough for
-/// redeliveries and producer retries, short enough that the same body sent
-/// again on purpose later (stop, resume, stop) is a new command. A message id
-/// is the producer's own identity for a command and is kept a day.
-const BODY_DIGEST_TTL_SECS: u64 = 600;
-const MESSAGE_ID_TTL_SECS: u64 = 86_400;
+/// How long a command's marker lives. It only says "duplicate" while the tasks
+/// are as the command left them (see `Store::seen`), so a long life is safe.
+const MARKER_TTL_SECS: u64 = 86_400;
 
 pub enum ApplyError {
     Reject(FieldError),
@@ -55,7 +52,8 @@ pub async fn handle(ctx: &Ctx, d: Delivery) {
     };
     let mut delay = Duration::from_millis(200);
     loop {
-        let r = match ctx.store.seen(&digest).await {
+        let ids: Vec<&str> = cmd.tasks.iter().map(|t| t.id.as_str()).collect();
+        let r = match ctx.store.seen(&digest, &ids).await {
             Ok(Seen::Done) => {
                 ctx.metrics
                     .commands
@@ -70,12 +68,7 @@ pub async fn handle(ctx: &Ctx, d: Delivery) {
         };
         match r {
             Ok(()) => {
-                let ttl = if message_id.is_some() {
-                    MESSAGE_ID_TTL_SECS
-                } else {
-                    BODY_DIGEST_TTL_SECS
-                };
-                if let Err(e) = ctx.store.mark_applied(&digest, ttl).await {
+                if let Err(e) = ctx.store.mark_applied(&digest, &ids, MARKER_TTL_SECS).await {
                     tracing::warn!(error = %e, "could not mark a command applied; a redelivery would apply it again");
                 }
                 ctx.metrics

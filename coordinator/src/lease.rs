@@ -163,7 +163,13 @@ pub async fn handle(ctx: &Ctx, msg: WorkerMessage) -> Result<(), StoreError> {
             } else {
                 None
             };
-            let id = format!("{task_id}:{epoch}:{}", event.seq);
+            // An event that can happen once per run (started, stopped, finished, failed)
+            // gets the same id whoever reports it (worker or coordinator), so the
+            // receiver's de-duplication by event_id merges the two reports.
+            let id = match event.kind {
+                EventKind::FileStarted | EventKind::ForwardFailed => format!("{task_id}:{epoch}:{}", event.seq),
+                _ => format!("{task_id}:{epoch}:{name}"),
+            };
             let mut p = payload(
                 name,
                 code,
@@ -219,7 +225,7 @@ pub async fn reap(ctx: &Ctx) -> Result<(), StoreError> {
                     ..
                 }) = ctx.store.record(&id).await?
                 {
-                    let eid = format!("{id}:{epoch}:end");
+                    let eid = format!("{id}:{epoch}:finished");
                     ctx.callbacks.send(Callback {
                         url,
                         payload: payload(

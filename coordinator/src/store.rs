@@ -645,20 +645,37 @@ impl Store {
         Ok(())
     }
 
-    /// Idempotency: has the command with this digest been applied?
-    pub async fn seen(&self, digest: &str) -> Result<Seen> {
+    /// What the named tasks look like now: epoch and a digest of the spec, per task.
+    /// A command's marker stores this as it was right after the command applied.
+    async fn fingerprint(&self, ids: &[&str]) -> Result<String> {
         let mut c = self.conn.clone();
-        let v: Option<String> = c.get(keys::applied(digest)).await?;
-        Ok(if v.as_deref() == Some("done") {
-            Seen::Done
-        } else {
-            Seen::New
-        })
+        let mut out = String::new();
+        for id in ids {
+            let (epoch, spec): (Option<u64>, Option<String>) =
+                redis::cmd("HMGET").arg(keys::task(id)).arg(&["epoch", "spec"]).query_async(&mut c).await?;
+            let digest = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(spec.unwrap_or_default().as_bytes())[..8]);
+            out.push_str(&format!("{id}={}:{digest};", epoch.unwrap_or(0)));
+        }
+        Ok(out)
     }
 
-    pub async fn mark_applied(&self, digest: &str, ttl_secs: u64) -> Result<()> {
+    /// Idempotency: was this command applied, with nothing changed since? A
+    /// redelivery (or a producer's re-publish) finds the tasks as the command
+    /// left them and is skipped; the same body sent again after the tasks moved
+    /// on (stop, resume, stop) is a new command.
+    pub async fn seen(&self, digest: &str, ids: &[&str]) -> Result<Seen> {
         let mut c = self.conn.clone();
-        let _: () = c.set_ex(keys::applied(digest), "done", ttl_secs).await?;
+        let v: Option<String> = c.get(keys::applied(digest)).await?;
+        match v {
+            Some(v) if v == self.fingerprint(ids).await? => Ok(Seen::Done),
+            _ => Ok(Seen::New),
+        }
+    }
+
+    pub async fn mark_applied(&self, digest: &str, ids: &[&str], ttl_secs: u64) -> Result<()> {
+        let fp = self.fingerprint(ids).await?;
+        let mut c = self.conn.clone();
+        let _: () = c.set_ex(keys::applied(digest), fp, ttl_secs).await?;
         Ok(())
     }
 
@@ -691,7 +708,9 @@ impl Store {
                 .enumerate()
                 .map(|(i, fw)| DestinationView {
                     url: redact::destination(&fw.url),
-                    fingerprint: hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(fw.url.as_bytes())[..4]),
+                    fingerprint: hex::encode(
+                        &<sha2::Sha256 as sha2::Digest>::digest(fw.url.as_bytes())[..4],
+                    ),
                     state: states.get(i).copied(),
                 })
                 .collect(),

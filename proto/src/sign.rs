@@ -1,9 +1,12 @@
 //! HMAC-SHA256 request and callback signatures (DESIGN §2).
 //!
-//! The signed message is `"{timestamp}.{body}"`; headers carry the key id, the
-//! Unix timestamp in seconds and `v1=<hex>`. Several keys may be valid at once
-//! (rotation); a verifier accepts a timestamp within ±300 s and remembers
-//! signatures it has seen inside that window so a replay is refused.
+//! The signed message is `"{timestamp}.{nonce}.{METHOD}.{path}.{body}"`, so a
+//! signature is bound to one request: its method, its path (with query), its body
+//! and a nonce the client picks (two identical requests in the same second still
+//! differ). Headers carry the key id, the Unix timestamp in seconds, the nonce
+//! and `v1=<hex>`. Several keys may be valid at once (rotation); a verifier
+//! accepts a timestamp within ±300 s and remembers the signatures it has seen
+//! inside that window, so a replay is refused.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -11,34 +14,59 @@ use sha2::Sha256;
 pub const KEY_ID_HEADER: &str = "x-vodfleet-key-id";
 pub const TIMESTAMP_HEADER: &str = "x-vodfleet-timestamp";
 pub const SIGNATURE_HEADER: &str = "x-vodfleet-signature";
+pub const NONCE_HEADER: &str = "x-vodfleet-nonce";
 /// How far a signed timestamp may be from the verifier's clock.
 pub const MAX_SKEW_SECS: u64 = 300;
 
-/// `v1=<hex>` for `body` signed with `secret` at `timestamp` (Unix seconds).
-pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
+/// What a signature covers.
+#[derive(Debug, Clone, Copy)]
+pub struct Signed<'a> {
+    pub method: &'a str,
+    /// Path and query, as sent (`/v1/tasks/abc`, `/cb?x=1`).
+    pub path: &'a str,
+    /// Unix seconds.
+    pub timestamp: u64,
+    /// 1 to 64 characters chosen by the signer, unique per request.
+    pub nonce: &'a str,
+    pub body: &'a [u8],
+}
+
+fn mac(secret: &[u8], r: &Signed) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+    mac.update(
+        format!(
+            "{}.{}.{}.{}.",
+            r.timestamp,
+            r.nonce,
+            r.method.to_ascii_uppercase(),
+            r.path
+        )
+        .as_bytes(),
+    );
+    mac.update(r.body);
+    mac
+}
+
+/// `v1=<hex>` for request `r` signed with `secret`.
+pub fn signature(secret: &[u8], r: &Signed) -> String {
+    format!("v1={}", hex::encode(mac(secret, r).finalize().into_bytes()))
 }
 
 /// Checks a signature in constant time.
-pub fn verify(secret: &[u8], timestamp: u64, body: &[u8], given: &str) -> bool {
+pub fn verify(secret: &[u8], r: &Signed, given: &str) -> bool {
     let Some(hex_sig) = given.strip_prefix("v1=") else {
         return false;
     };
     let Ok(raw) = hex::decode(hex_sig) else {
         return false;
     };
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac.verify_slice(&raw).is_ok()
+    if r.nonce.is_empty() || r.nonce.len() > 64 {
+        return false;
+    }
+    mac(secret, r).verify_slice(&raw).is_ok()
 }
 
-/// A fresh nonce: time, a process-wide counter and the pid, hashed.
+/// A fresh nonce: time and a process-wide counter, hashed (unique enough per signer).
 pub fn nonce() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
@@ -73,19 +101,60 @@ pub fn parse_keys(s: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
 mod tests {
     use super::*;
 
+    fn req<'a>(
+        method: &'a str,
+        path: &'a str,
+        timestamp: u64,
+        nonce: &'a str,
+        body: &'a [u8],
+    ) -> Signed<'a> {
+        Signed {
+            method,
+            path,
+            timestamp,
+            nonce,
+            body,
+        }
+    }
+
     #[test]
-    fn a_signature_verifies_only_for_its_body_time_and_key() {
-        let s = signature(b"k1-secret-0123456789", 1_700_000_000, b"{}");
-        assert!(verify(b"k1-secret-0123456789", 1_700_000_000, b"{}", &s));
-        assert!(!verify(b"k1-secret-0123456789", 1_700_000_001, b"{}", &s));
-        assert!(!verify(b"k1-secret-0123456789", 1_700_000_000, b"{ }", &s));
-        assert!(!verify(b"another-secret-0123", 1_700_000_000, b"{}", &s));
-        assert!(!verify(
-            b"k1-secret-0123456789",
-            1_700_000_000,
-            b"{}",
-            "v1=zz"
-        ));
+    fn a_signature_covers_method_path_time_nonce_body_and_key() {
+        let k = b"k1-secret-0123456789";
+        let r = req("POST", "/v1/commands", 1_700_000_000, "n1", b"{}");
+        let s = signature(k, &r);
+        assert!(verify(k, &r, &s));
+        assert!(
+            verify(
+                k,
+                &req("post", "/v1/commands", 1_700_000_000, "n1", b"{}"),
+                &s
+            ),
+            "method case does not matter"
+        );
+        for other in [
+            req("GET", "/v1/commands", 1_700_000_000, "n1", b"{}"),
+            req("POST", "/v1/tasks", 1_700_000_000, "n1", b"{}"),
+            req("POST", "/v1/commands", 1_700_000_001, "n1", b"{}"),
+            req("POST", "/v1/commands", 1_700_000_000, "n2", b"{}"),
+            req("POST", "/v1/commands", 1_700_000_000, "n1", b"{ }"),
+        ] {
+            assert!(!verify(k, &other, &s), "{other:?} must not verify");
+        }
+        assert!(!verify(b"another-secret-0123", &r, &s));
+        assert!(!verify(k, &r, "v1=zz"));
+        assert!(
+            !verify(
+                k,
+                &req("POST", "/v1/commands", 1_700_000_000, "", b"{}"),
+                &signature(k, &req("POST", "/v1/commands", 1_700_000_000, "", b"{}"))
+            ),
+            "a nonce is required"
+        );
+    }
+
+    #[test]
+    fn nonces_differ() {
+        assert_ne!(nonce(), nonce());
     }
 
     #[test]

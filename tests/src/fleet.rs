@@ -859,34 +859,54 @@ pub fn http_request(
     })
 }
 
-/// The three signature headers for `body` signed now with (`key_id`, `secret`).
-pub fn signed_headers(key_id: &str, secret: &str, body: &[u8]) -> Vec<(String, String)> {
+/// The signature headers for a `method` request to `path` with `body`, signed now
+/// with (`key_id`, `secret`) and a fresh nonce.
+pub fn signed_headers(
+    key_id: &str,
+    secret: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Vec<(String, String)> {
     let ts = now_ms() / 1000;
-    signed_headers_at(key_id, secret, ts, body)
+    signed_headers_at(key_id, secret, method, path, ts, body)
 }
 
 /// Like [`signed_headers`] with a given Unix timestamp (seconds).
 pub fn signed_headers_at(
     key_id: &str,
     secret: &str,
+    method: &str,
+    path: &str,
     ts: u64,
     body: &[u8],
 ) -> Vec<(String, String)> {
+    let nonce = sign::nonce();
+    let req = sign::Signed {
+        method,
+        path,
+        timestamp: ts,
+        nonce: &nonce,
+        body,
+    };
     vec![
         (sign::KEY_ID_HEADER.into(), key_id.into()),
         (sign::TIMESTAMP_HEADER.into(), ts.to_string()),
+        (sign::NONCE_HEADER.into(), nonce.clone()),
         (
             sign::SIGNATURE_HEADER.into(),
-            sign::signature(secret.as_bytes(), ts, body),
+            sign::signature(secret.as_bytes(), &req),
         ),
     ]
 }
 
 /// Checks the signature headers of a signed message (a callback) against `keys`
 /// (`id` → secret): a known key id, a timestamp within ±300 s of now, and a valid
-/// `v1=` HMAC over `"{ts}.{body}"`.
+/// `v1=` HMAC over `"{ts}.{nonce}.{METHOD}.{path}.{body}"`.
 pub fn verify_signed(
     headers: &BTreeMap<String, String>,
+    method: &str,
+    path: &str,
     body: &[u8],
     keys: &[(&str, &str)],
 ) -> Result<(), String> {
@@ -897,6 +917,7 @@ pub fn verify_signed(
     };
     let id = h(sign::KEY_ID_HEADER)?;
     let ts_text = h(sign::TIMESTAMP_HEADER)?;
+    let nonce = h(sign::NONCE_HEADER)?;
     let sig = h(sign::SIGNATURE_HEADER)?;
     let secret = keys
         .iter()
@@ -910,7 +931,14 @@ pub fn verify_signed(
     if ts.abs_diff(now) > sign::MAX_SKEW_SECS {
         return Err(format!("timestamp {ts} is {} s from now", ts.abs_diff(now)));
     }
-    if !sign::verify(secret.as_bytes(), ts, body, sig) {
+    let req = sign::Signed {
+        method,
+        path,
+        timestamp: ts,
+        nonce,
+        body,
+    };
+    if !sign::verify(secret.as_bytes(), &req, sig) {
         return Err(format!("signature {sig:?} does not verify for key {id:?}"));
     }
     Ok(())
@@ -1215,29 +1243,18 @@ impl Coordinator {
 
     /// POST `body` signed now with the coordinator's first API key.
     pub fn post_signed(&self, path: &str, body: &[u8]) -> HttpReply {
-        let h = signed_headers(&self.key_id, &self.secret, body);
+        let h = signed_headers(&self.key_id, &self.secret, "POST", path, body);
         self.request("POST", path, &h, body)
     }
 
-    /// A signed GET (signature over the empty body). The scheme signs only the
-    /// timestamp and body, so two GETs in one second carry the same signature;
-    /// if the replay cache refuses the second one, retry once in the next second.
+    /// A signed GET (signature over method, path and the empty body).
     pub fn get_signed(&self, path: &str) -> HttpReply {
         self.try_get_signed(path)
             .unwrap_or_else(|e| panic!("GET {path} on the coordinator: {e}\n{}", self.report()))
     }
 
     fn try_get_signed(&self, path: &str) -> Result<HttpReply, String> {
-        let first_ts = now_ms() / 1000;
-        let headers = signed_headers_at(&self.key_id, &self.secret, first_ts, b"");
-        let r = http_request(self.http_port, "GET", path, &headers, b"")?;
-        if r.status != 403 {
-            return Ok(r);
-        }
-        while now_ms() / 1000 == first_ts {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let headers = signed_headers(&self.key_id, &self.secret, b"");
+        let headers = signed_headers(&self.key_id, &self.secret, "GET", path, b"");
         http_request(self.http_port, "GET", path, &headers, b"")
     }
 

@@ -33,16 +33,32 @@ fn signed_requests_get_in_once_and_listings_never_show_stream_keys() {
         ("unsigned", vec![]),
         (
             "bad signature",
-            signed_headers(API_KEY.0, "not-the-secret-0123456789", &body),
+            signed_headers(
+                API_KEY.0,
+                "not-the-secret-0123456789",
+                "POST",
+                SEED_PATH,
+                &body,
+            ),
         ),
-        ("unknown key id", signed_headers("nobody", API_KEY.1, &body)),
+        (
+            "unknown key id",
+            signed_headers("nobody", API_KEY.1, "POST", SEED_PATH, &body),
+        ),
         (
             "stale timestamp",
-            signed_headers_at(API_KEY.0, API_KEY.1, now_ms() / 1000 - 400, &body),
+            signed_headers_at(
+                API_KEY.0,
+                API_KEY.1,
+                "POST",
+                SEED_PATH,
+                now_ms() / 1000 - 400,
+                &body,
+            ),
         ),
         (
             "signature of another body",
-            signed_headers(API_KEY.0, API_KEY.1, b"{}"),
+            signed_headers(API_KEY.0, API_KEY.1, "POST", SEED_PATH, b"{}"),
         ),
     ];
     for (what, headers) in &refused {
@@ -55,7 +71,7 @@ fn signed_requests_get_in_once_and_listings_never_show_stream_keys() {
         "a refused request started the task"
     );
 
-    let headers = signed_headers(API_KEY.0, API_KEY.1, &body);
+    let headers = signed_headers(API_KEY.0, API_KEY.1, "POST", SEED_PATH, &body);
     let r = c1.request("POST", SEED_PATH, &headers, &body);
     let v = assert_seed_shape(&r, 200);
     assert_eq!(v["msg"], "receive task success!");
@@ -100,7 +116,7 @@ fn signed_requests_get_in_once_and_listings_never_show_stream_keys() {
     let r = c2.request(
         "POST",
         "/v1/commands",
-        &signed_headers(API_KEY.0, API_KEY.1, &stop),
+        &signed_headers(API_KEY.0, API_KEY.1, "POST", "/v1/commands", &stop),
         &stop,
     );
     assert_seed_shape(&r, 200);

@@ -63,7 +63,7 @@ fn every_event_arrives_once_by_id_retried_past_failures_and_signed() {
     });
 
     for p in rx.posts() {
-        verify_signed(&p.headers, &p.body, &[CALLBACK_KEY])
+        verify_signed(&p.headers, "POST", &p.path, &p.body, &[CALLBACK_KEY])
             .unwrap_or_else(|e| panic!("callback {}: {e}", String::from_utf8_lossy(&p.body)));
     }
     for (id, posts) in &by {

@@ -300,7 +300,7 @@ fn callback_receiver_follows_its_script_and_checks_signatures() {
     let (id, secret) = ("cb", "callback-secret-0123456789");
     let post = |event_id: &str| {
         let body = serde_json::to_vec(&json!({"event": "started", "event_id": event_id})).unwrap();
-        let h = signed_headers(id, secret, &body);
+        let h = signed_headers(id, secret, "POST", "/callback", &body);
         vodfleet_tests::fleet::http_request(rx.port(), "POST", "/callback", &h, &body).unwrap()
     };
     let codes: Vec<(u16, String)> = (0..4)
@@ -331,14 +331,25 @@ fn callback_receiver_follows_its_script_and_checks_signatures() {
     assert!(by["t:1:1"][2].delivered());
     assert_eq!(rx.events().len(), 2, "one body per event id");
     for p in rx.posts() {
-        verify_signed(&p.headers, &p.body, &[(id, secret)]).unwrap();
+        verify_signed(&p.headers, "POST", &p.path, &p.body, &[(id, secret)]).unwrap();
         assert_eq!(p.path, "/callback");
         let mut tampered = p.body.clone();
         tampered.push(b' ');
-        assert!(verify_signed(&p.headers, &tampered, &[(id, secret)]).is_err());
-        assert!(verify_signed(&p.headers, &p.body, &[("cb", "another-secret-0123456")]).is_err());
+        assert!(verify_signed(&p.headers, "POST", &p.path, &tampered, &[(id, secret)]).is_err());
+        assert!(
+            verify_signed(&p.headers, "POST", "/elsewhere", &p.body, &[(id, secret)]).is_err(),
+            "the path is signed"
+        );
+        assert!(verify_signed(
+            &p.headers,
+            "POST",
+            &p.path,
+            &p.body,
+            &[("cb", "another-secret-0123456")]
+        )
+        .is_err());
         let no_headers = BTreeMap::new();
-        assert!(verify_signed(&no_headers, &p.body, &[(id, secret)]).is_err());
+        assert!(verify_signed(&no_headers, "POST", &p.path, &p.body, &[(id, secret)]).is_err());
     }
 }
 
