@@ -52,9 +52,8 @@ pub async fn run(fleet: Arc<Fleet>) {
 /// One connection's life: until it breaks (`Err`) or the fleet shuts down (`Ok`).
 async fn session(fleet: &Arc<Fleet>, bus: Arc<Bus>) -> Result<(), Lost> {
     let queue = bus.declare_control_queue(&fleet.cfg.worker_id).await?;
-    let (control_channel, mut control) = bus
-        .consume(&queue, &format!("{}-control", fleet.cfg.worker_id), 64)
-        .await?;
+    let control_tag = format!("{}-control", fleet.cfg.worker_id);
+    let (control_channel, mut control) = bus.consume(&queue, &control_tag, 64).await?;
     fleet.bus.send_replace(Some(bus.clone()));
     // Tell the coordinators at once what runs here (renewals after an outage).
     fleet.beat_now.notify_one();
@@ -86,10 +85,14 @@ async fn session(fleet: &Arc<Fleet>, bus: Arc<Bus>) -> Result<(), Lost> {
         _ = fleet.disconnect.cancelled() => Ok(()),
     };
     if r.is_ok() {
-        // Leaving for good: close the consumers' channels before the connection,
-        // so no delivery arrives on a channel that is already closing.
+        // Leaving for good: end the control consumer (after its cancel-ok nothing
+        // more is delivered) and close the channels before the connection, so no
+        // delivery arrives on a channel that is already closing.
+        let bye = Duration::from_secs(1);
+        let cancel = control_channel.basic_cancel(&control_tag, BasicCancelOptions::default());
+        let _ = tokio::time::timeout(bye, cancel).await;
         for ch in [&work_channel, &control_channel] {
-            let _ = tokio::time::timeout(Duration::from_secs(1), ch.close(200, "bye")).await;
+            let _ = tokio::time::timeout(bye, ch.close(200, "bye")).await;
         }
     }
     r

@@ -102,7 +102,7 @@ pub fn run() -> ExitCode {
 /// Why the worker stopped a task (decides what it reports afterwards).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StopReason {
-    /// `ToWorker::Stop` (cmd 2): report `stopped` and release with the position.
+    /// `ToWorker::Stop` (cmd 2, end time): release with the exact position.
     Control,
     /// SIGTERM: release with the position, so the coordinator re-issues at once.
     Drain,
@@ -415,15 +415,10 @@ impl Fleet {
                 err.to_string(),
                 self.finished(&key, position, Some(err.to_string())),
             ),
-            // Scale-down is no stop of the producer's: no callback, just the release.
-            (Some(StopReason::Drain), End::Stopped) => {
-                self.outbox.send(self.released(&key, position))
-            }
-            (_, End::Stopped) => report(
-                EventKind::Stopped,
-                "stopped".into(),
-                self.released(&key, position),
-            ),
+            // Stopped by the coordinator (cmd 2, end time, a restart) or by a drain:
+            // the release carries the exact position. The `stopped` callback is the
+            // coordinator's, which knows why it stopped the task; a drain has none.
+            (_, End::Stopped) => self.outbox.send(self.released(&key, position)),
         }
         self.changed.notify_waiters();
         self.beat_now.notify_one();
