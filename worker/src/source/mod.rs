@@ -38,9 +38,15 @@ impl Sources {
         cancel: CancellationToken,
         rt: tokio::runtime::Handle,
     ) -> std::io::Result<Arc<Sources>> {
-        let dir = cfg
-            .cache_dir
-            .join(format!("task-{}-{}", sanitize(task_id), std::process::id()));
+        // One directory per run: a newer epoch of the same task on this worker must
+        // not lose its files when the older run ends and removes its own.
+        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = cfg.cache_dir.join(format!(
+            "task-{}-{}-{run}",
+            sanitize(task_id),
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir)?;
         Ok(Arc::new(Sources {
             client: policy::http_client(cfg.allow_private_networks, cfg.source_timeout),
