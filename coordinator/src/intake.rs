@@ -221,6 +221,7 @@ async fn start(
             epoch: started.epoch,
             spec: spec.clone(),
             resume,
+            resume_estimated: false,
             issued_ms: now,
             callback_url: callback.map(str::to_owned),
         })

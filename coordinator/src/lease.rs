@@ -77,6 +77,7 @@ pub async fn handle(ctx: &Ctx, msg: WorkerMessage) -> Result<(), StoreError> {
                     epoch: i.epoch,
                     spec: i.spec,
                     resume: Some(position),
+                    resume_estimated: false,
                     issued_ms: now,
                     callback_url: i.callback,
                 })
@@ -167,7 +168,9 @@ pub async fn handle(ctx: &Ctx, msg: WorkerMessage) -> Result<(), StoreError> {
             // gets the same id whoever reports it (worker or coordinator), so the
             // receiver's de-duplication by event_id merges the two reports.
             let id = match event.kind {
-                EventKind::FileStarted | EventKind::ForwardFailed => format!("{task_id}:{epoch}:{}", event.seq),
+                EventKind::FileStarted | EventKind::ForwardFailed => {
+                    format!("{task_id}:{epoch}:{}", event.seq)
+                }
                 _ => format!("{task_id}:{epoch}:{name}"),
             };
             let mut p = payload(
@@ -275,6 +278,7 @@ pub async fn reap(ctx: &Ctx) -> Result<(), StoreError> {
                     epoch: i.epoch,
                     spec: i.spec,
                     resume,
+                    resume_estimated: mode == "expired" && resume.is_some(),
                     issued_ms: now,
                     callback_url: i.callback,
                 })

@@ -189,6 +189,10 @@ local st = redis.call('HGET', KEYS[1], 'state')
 if tonumber(redis.call('HGET', KEYS[1], 'epoch')) ~= tonumber(ARGV[1]) or (st ~= 'leased' and st ~= 'running') then
   return 'revoked'
 end
+-- One holder per epoch: the first worker to report it takes the lease; another
+-- worker claiming the same epoch (a redelivered order) is turned away.
+local holder = redis.call('HGET', KEYS[1], 'worker') or ''
+if holder ~= '' and holder ~= ARGV[2] then return 'revoked' end
 local now = tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[2], 'lease_until', now + tonumber(ARGV[4]),
   'position', ARGV[5], 'destinations', ARGV[6], 'beat_ms', now, 'updated_ms', now)
@@ -651,9 +655,14 @@ impl Store {
         let mut c = self.conn.clone();
         let mut out = String::new();
         for id in ids {
-            let (epoch, spec): (Option<u64>, Option<String>) =
-                redis::cmd("HMGET").arg(keys::task(id)).arg(&["epoch", "spec"]).query_async(&mut c).await?;
-            let digest = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(spec.unwrap_or_default().as_bytes())[..8]);
+            let (epoch, spec): (Option<u64>, Option<String>) = redis::cmd("HMGET")
+                .arg(keys::task(id))
+                .arg(&["epoch", "spec"])
+                .query_async(&mut c)
+                .await?;
+            let digest = hex::encode(
+                &<sha2::Sha256 as sha2::Digest>::digest(spec.unwrap_or_default().as_bytes())[..8],
+            );
             out.push_str(&format!("{id}={}:{digest};", epoch.unwrap_or(0)));
         }
         Ok(out)

@@ -70,6 +70,11 @@ pub struct WorkOrder {
     pub spec: TaskSpec,
     /// Where to continue (failover, hand-off, cmd 5); `None` starts at `spec.first_item`.
     pub resume: Option<Position>,
+    /// `resume` is the coordinator's estimate (a lease expired: the worker died some
+    /// time after its last report), not an exact position: start at the nearest
+    /// keyframe rather than the one before.
+    #[serde(default)]
+    pub resume_estimated: bool,
     /// When the order was issued (Unix ms), for pickup latency.
     pub issued_ms: u64,
     /// The producer's `transcallbackurl`, returned in [`WorkerMessage::Reclaim`]
@@ -118,7 +123,14 @@ pub enum WorkerMessage {
     },
     /// Answer to [`ToWorker::LeaseAck`]'s `unknown`: Redis lost this task (restarted
     /// empty); here is everything needed to record it again at the same epoch.
-    Reclaim { worker_id: String, task_id: String, epoch: u64, spec: TaskSpec, position: Position, callback_url: Option<String> },
+    Reclaim {
+        worker_id: String,
+        task_id: String,
+        epoch: u64,
+        spec: TaskSpec,
+        position: Position,
+        callback_url: Option<String>,
+    },
     /// Something a producer may want a callback for (DESIGN §2.4).
     Event {
         worker_id: String,

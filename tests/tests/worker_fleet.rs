@@ -204,6 +204,7 @@ impl FakeCoordinator {
             epoch,
             spec,
             resume,
+            resume_estimated: false,
             issued_ms: now_ms(),
             callback_url: None,
         };

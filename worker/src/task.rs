@@ -75,6 +75,8 @@ pub struct Task {
     resume: Option<Position>,
     /// The resume offset, until the first item played has used it.
     resume_offset_ms: Option<u64>,
+    /// Seek the resume offset to the nearest keyframe (an estimated position).
+    resume_nearest: bool,
     /// Destinations asked to stop (by index into `spec.forwards`).
     stop_requested: Vec<bool>,
     /// A playlist waiting for its turn ([`Control::Update`]).
@@ -147,6 +149,7 @@ impl Task {
             control,
             resume: None,
             resume_offset_ms: None,
+            resume_nearest: false,
             update: None,
             end_at,
         }
@@ -156,6 +159,13 @@ impl Task {
     /// or before `offset_ms` (copy) or exactly there (transcode), and the output
     /// timeline at `timeline_ms`, so a player that survives the reconnect sees time
     /// go on. An offset past the item's end starts the next item.
+    /// The resume position is an estimate (a failover): start at the keyframe
+    /// nearest to it rather than the one before, which halves the worst error.
+    pub fn resume_estimated(mut self, estimated: bool) -> Task {
+        self.resume_nearest = estimated;
+        self
+    }
+
     pub fn resume_from(mut self, at: Option<Position>) -> Task {
         self.resume = at;
         self.resume_offset_ms = at.map(|p| p.offset_ms).filter(|&ms| ms > 0);
@@ -355,7 +365,7 @@ impl Task {
             t => t, // AV_TIME_BASE = µs
         };
         for r in ranges {
-            let seg = Segment {
+            let mut seg = Segment {
                 start: start_time + r.start_ms as i64 * 1000,
                 end: start_time.saturating_add((r.end_ms as i64).saturating_mul(1000)),
                 origin: start_time,
@@ -365,9 +375,19 @@ impl Task {
                 audio,
             };
             if r.start_ms > 0 {
-                // The keyframe at or before the cut: copy mode starts there, transcode mode decodes from there.
+                // The keyframe at or before the cut: copy mode starts there, transcode mode
+                // decodes from there. An estimated resume point takes the nearest keyframe.
+                let mut target = seg.start;
+                if resume_ms.is_some() && std::mem::take(&mut self.resume_nearest) {
+                    if let Some((seek, keyframe)) =
+                        video.and_then(|v| media::nearest_keyframe(&input, v, seg.start))
+                    {
+                        target = seek;
+                        seg.start = keyframe;
+                    }
+                }
                 input
-                    .seek(seg.start, ..seg.start + 1)
+                    .seek(target, ..target + 1)
                     .map_err(|e| media_err(r.start_ms, format!("seek failed: {e}")))?;
             }
             self.play_segment(&mut input, o, &seg)
@@ -711,10 +731,20 @@ impl Task {
 
     /// Records the last packet handed to the destinations (`src_us`: its offset in the item).
     fn set_position(&self, item: usize, pass: u32, src_us: i64, out_dts: i64) {
-        *self.status.position.lock().expect("position lock") = Position {
+        let mut p = self.status.position.lock().expect("position lock");
+        let offset_ms = (src_us.max(0) / 1000) as u64;
+        // With B-frames, packets leave in decode order: a packet's PTS can be below
+        // one already sent. The position is the furthest picture sent, so a small
+        // step back within the same item is reordering and is not a new position
+        // (a jump back by more than that is a new range or a new pass).
+        let reordered = p.item == item
+            && p.loop_index == pass
+            && offset_ms < p.offset_ms
+            && p.offset_ms - offset_ms < REORDER_WINDOW_MS;
+        *p = Position {
             item,
             loop_index: pass,
-            offset_ms: (src_us.max(0) / 1000) as u64,
+            offset_ms: if reordered { p.offset_ms } else { offset_ms },
             timeline_ms: (out_dts / 1000).max(0) as u64,
         };
     }
@@ -792,6 +822,9 @@ fn resume_ranges(ranges: Vec<Range>, from_ms: u64, duration_ms: u64) -> Vec<Rang
         })
         .collect()
 }
+
+/// Decode order runs behind presentation by at most a few frames (B-frames).
+const REORDER_WINDOW_MS: u64 = 500;
 
 /// Packets held while waiting for a keyframe (bounded: a broken file cannot grow it).
 const HOLD_LIMIT: usize = 1024;

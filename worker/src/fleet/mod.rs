@@ -235,6 +235,7 @@ impl Fleet {
             epoch,
             spec,
             resume,
+            resume_estimated,
             issued_ms,
             callback_url,
         } = order;
@@ -288,7 +289,8 @@ impl Fleet {
             status.clone(),
             control_rx,
         )
-        .resume_from(resume);
+        .resume_from(resume)
+        .resume_estimated(resume_estimated);
         let (done, done_rx) = oneshot::channel::<Outcome>();
         let key: Key = (task_id.clone(), epoch);
         let spawned = std::thread::Builder::new()

@@ -42,6 +42,62 @@ pub fn open_input(path: &Path) -> Result<ff::format::context::Input, ff::Error> 
     ff::format::input_with_dictionary(path, opts)
 }
 
+/// Where to seek to start at the keyframe nearest to `target_us` (AV_TIME_BASE),
+/// from the index of stream `stream`, if the container has one (mp4 does; FLV
+/// may not). Returns `(seek_to, keyframe_dts)`: index entries are decode times,
+/// while seeking compares presentation times, so the seek target is placed
+/// halfway to the following keyframe, where "the keyframe at or before" can only
+/// be the one chosen.
+pub fn nearest_keyframe(
+    input: &ff::format::context::Input,
+    stream: usize,
+    target_us: i64,
+) -> Option<(i64, i64)> {
+    let st = input.stream(stream)?;
+    let tb = st.time_base();
+    let (num, den) = (tb.0 as i64, tb.1 as i64);
+    if num <= 0 || den <= 0 {
+        return None;
+    }
+    let to_tb = |us: i64| us * den / (1_000_000 * num);
+    let to_us = |t: i64| t * 1_000_000 * num / den;
+    let ts = to_tb(target_us);
+    // SAFETY: the stream belongs to `input`, which outlives this call; index
+    // entries are read by value, not kept.
+    let (chosen, next) = unsafe {
+        let s = st.as_ptr() as *mut ff::ffi::AVStream;
+        let entry = |i: c_int| {
+            if i < 0 {
+                return None;
+            }
+            let e = ff::ffi::avformat_index_get_entry(s, i);
+            (!e.is_null()).then(|| (*e).timestamp)
+        };
+        let before = entry(ff::ffi::av_index_search_timestamp(
+            s,
+            ts,
+            ff::ffi::AVSEEK_FLAG_BACKWARD as c_int,
+        ));
+        let after = entry(ff::ffi::av_index_search_timestamp(s, ts, 0));
+        let chosen = match (before, after) {
+            (Some(b), Some(a)) => {
+                if ts - b <= a - ts {
+                    b
+                } else {
+                    a
+                }
+            }
+            (b, a) => b.or(a)?,
+        };
+        (
+            chosen,
+            entry(ff::ffi::av_index_search_timestamp(s, chosen + 1, 0)),
+        )
+    };
+    let half_gop = next.map_or(to_tb(500_000), |n| (n - chosen) / 2);
+    Some((to_us(chosen + half_gop), to_us(chosen)))
+}
+
 /// Stream parameters shared read-only by the destination threads.
 #[derive(Clone)]
 pub struct SharedParams(pub ff::codec::Parameters);
@@ -295,5 +351,83 @@ fn connect_error_ff(e: ff::Error, i: &Interrupt) -> String {
         "timed out".into()
     } else {
         e.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A 10 s file with a keyframe every 2 s, made by the ffmpeg CLI.
+    fn gop2_file() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("vodfleet-media-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gop2.mp4");
+        let ok = std::process::Command::new("ffmpeg")
+            .args([
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=320x240:rate=25",
+                "-t",
+                "10",
+            ])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-g",
+                "50",
+                "-keyint_min",
+                "50",
+                "-sc_threshold",
+                "0",
+            ])
+            .arg(&path)
+            .status()
+            .expect("ffmpeg CLI")
+            .success();
+        assert!(ok, "ffmpeg could not make the test file");
+        path
+    }
+
+    #[test]
+    fn nearest_keyframe_picks_the_closer_side() {
+        super::init();
+        let path = gop2_file();
+        let input = super::open_input(&path).unwrap();
+        let v = input
+            .streams()
+            .best(ffmpeg_next::media::Type::Video)
+            .unwrap()
+            .index();
+        // Keyframes are shown at 0, 2, 4, 6, 8 s; two B-frames put their decode time 80 ms earlier.
+        let keyframe_at = |target_us: i64| {
+            let (seek, dts) =
+                super::nearest_keyframe(&input, v, target_us).expect("mp4 has an index");
+            assert!(
+                seek > dts,
+                "the seek target lies after the keyframe's decode time"
+            );
+            dts + 80_000
+        };
+        assert_eq!(
+            keyframe_at(5_840_000),
+            6_000_000,
+            "closer to 6 s than to 4 s"
+        );
+        assert_eq!(keyframe_at(4_900_000), 4_000_000);
+        assert_eq!(keyframe_at(0), 0);
+        // And seeking there really lands on that keyframe.
+        let mut input = input;
+        let (seek, _) = super::nearest_keyframe(&input, v, 5_840_000).unwrap();
+        input.seek(seek, ..seek + 1).unwrap();
+        let (st, first) = input.packets().find(|(s, _)| s.index() == v).unwrap();
+        let tb = st.time_base();
+        let pts_us = first.pts().unwrap() * 1_000_000 * tb.0 as i64 / tb.1 as i64;
+        assert_eq!((pts_us, first.is_key()), (6_000_000, true));
+        std::fs::remove_dir_all(path.parent().unwrap()).ok();
     }
 }
