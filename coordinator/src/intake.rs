@@ -34,6 +34,43 @@ impl From<StoreError> for ApplyError {
     }
 }
 
+/// Commands are applied by this many concurrent lanes; all commands naming the
+/// same (first) task go through the same lane, so one task's commands apply in
+/// the order they were queued.
+pub const LANES: usize = 16;
+
+/// The lane of a command body: by its first task id (lane 0 if unreadable,
+/// where it will be refused anyway).
+pub fn lane(body: &[u8]) -> usize {
+    let id = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        // "123" and 123 name the same task: hash the text either way.
+        .and_then(|v| {
+            v.get("list")?
+                .get(0)?
+                .get("id")
+                .map(|id| id.as_str().map_or_else(|| id.to_string(), str::to_owned))
+        })
+        .unwrap_or_default();
+    let h = Sha256::digest(id.as_bytes());
+    (u16::from_le_bytes([h[0], h[1]]) as usize) % LANES
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_task_always_takes_one_lane() {
+        let a = super::lane(br#"{"cmd":"1","list":[{"id":"123"}]}"#);
+        assert_eq!(
+            a,
+            super::lane(br#"{"cmd":"2","list":[{"id":123}]}"#),
+            "string and number ids are one task"
+        );
+        assert!(a < super::LANES);
+        assert_eq!(super::lane(b"not json"), super::lane(b"{}"));
+    }
+}
+
 /// The seed's response body.
 pub fn response(code: u16, msg: &str) -> serde_json::Value {
     serde_json::json!({"http_code": code.to_string(), "msg": msg, "call_time": now_ms()})

@@ -137,9 +137,28 @@ async fn supervise_bus(ctx: Arc<ctx::Ctx>, cancel: CancellationToken) {
                 .await?;
             let (_c2, mut events) = bus.consume(EVENTS_QUEUE, "coordinator-events", 256).await?;
             let cmd_loop = async {
+                // Commands for one task are applied in order; different tasks in parallel.
+                let lanes: Vec<_> = (0..intake::LANES)
+                    .map(|_| {
+                        let (tx, mut rx) =
+                            tokio::sync::mpsc::channel::<vodfleet_bus::lapin::message::Delivery>(4);
+                        let ctx = ctx.clone();
+                        tokio::spawn(async move {
+                            while let Some(d) = rx.recv().await {
+                                intake::handle(&ctx, d).await;
+                            }
+                        });
+                        tx
+                    })
+                    .collect();
                 while let Some(d) = commands.next().await {
                     match d {
-                        Ok(d) => intake::handle(&ctx, d).await,
+                        Ok(d) => {
+                            let lane = intake::lane(&d.data);
+                            if lanes[lane].send(d).await.is_err() {
+                                break;
+                            }
+                        }
                         Err(e) => return Err::<(), vodfleet_bus::BusError>(e.into()),
                     }
                 }
