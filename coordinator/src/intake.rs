@@ -196,10 +196,10 @@ async fn apply(ctx: &Ctx, cmd: &Command, now: u64) -> Result<(), ApplyError> {
                     }
                 }
                 let cb = cmd.callback_url.clone().or(callback);
-                start(ctx, &resumed, cb.as_deref(), now, Some(record.position)).await?;
+                let epoch = start(ctx, &resumed, cb.as_deref(), now, Some(record.position)).await?;
                 ctx.store.delete_resume(&spec.id).await?;
                 if let Some(url) = cb {
-                    let id = format!("{}:resumed:{now}", spec.id);
+                    let id = format!("{}:{epoch}:resumed", spec.id);
                     ctx.callbacks.send(Callback {
                         url,
                         payload: payload(
@@ -221,13 +221,14 @@ async fn apply(ctx: &Ctx, cmd: &Command, now: u64) -> Result<(), ApplyError> {
 }
 
 /// Records a run and issues its lease (or schedules it), fencing a previous run.
+/// Returns the new run's epoch.
 async fn start(
     ctx: &Ctx,
     spec: &TaskSpec,
     callback: Option<&str>,
     now: u64,
     resume: Option<vodfleet_proto::Position>,
-) -> Result<(), ApplyError> {
+) -> Result<u64, ApplyError> {
     let scheduled = spec.start_ms.is_some_and(|s| s > now);
     let started = ctx
         .store
@@ -264,7 +265,7 @@ async fn start(
         })
         .await;
     }
-    Ok(())
+    Ok(started.epoch)
 }
 
 async fn terminate(ctx: &Ctx, i: usize, spec: &TaskSpec, now: u64) -> Result<(), ApplyError> {
