@@ -191,3 +191,26 @@ vf_ensure_rabbitmq() {
     fi
     vf_log "rabbitmq: up"
 }
+
+# vf_rabbitmqctl ARGS...: rabbitmqctl against the local node, as root, bounded
+# to 60 s. Targets the node name vf_ensure_rabbitmq would have started
+# (rabbit@localhost where the hostname does not resolve).
+vf_rabbitmqctl() {
+    local node=()
+    if [[ -z ${RABBITMQ_NODENAME:-} ]] &&
+        ! grep -qs '^[[:space:]]*NODENAME=' /etc/rabbitmq/rabbitmq-env.conf &&
+        ! getent hosts "$(hostname -s 2>/dev/null || echo localhost)" >/dev/null 2>&1; then
+        node=(-n rabbit@localhost)
+    fi
+    vf_as_root timeout 60 rabbitmqctl "${node[@]}" "$@"
+}
+
+# vf_random_hex BYTES: print BYTES random bytes as lowercase hex.
+vf_random_hex() {
+    od -An -v -tx1 -N"$1" /dev/urandom | tr -d ' \n'
+}
+
+# vf_http_ok URL: does URL answer with a 2xx within 2 s?
+vf_http_ok() {
+    curl -fsS --max-time 2 -o /dev/null "$1" 2>/dev/null
+}

@@ -697,8 +697,13 @@ impl Store {
         let f = |k: &str| m.get(k).cloned().unwrap_or_default();
         let n = |k: &str| f(k).parse::<u64>().unwrap_or(0);
         let spec: TaskSpec = Self::parse(id, &f("spec"))?;
-        let states: Vec<DestinationState> =
-            serde_json::from_str(&f("destinations")).unwrap_or_default();
+        let over = matches!(f("state").as_str(), "stopped" | "finished" | "failed");
+        // The last heartbeat's states are stale once the task is over.
+        let states: Vec<DestinationState> = if over {
+            vec![DestinationState::Stopped; spec.forwards.len()]
+        } else {
+            serde_json::from_str(&f("destinations")).unwrap_or_default()
+        };
         Ok(Some(TaskView {
             id: id.to_owned(),
             state: f("state"),

@@ -50,10 +50,13 @@ pub fn unique_id() -> String {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
+            // lapin reports the runtime closing under its IO thread as errors when
+            // a short-lived CLI exits; they say nothing about the command's outcome.
             tracing_subscriber::EnvFilter::try_from_env("VODFLEET_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "warn,lapin=off,pinky_swear=off".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // Usage errors exit 2 here (clap's convention), --help and --version 0.
     let cli = Cli::parse();
