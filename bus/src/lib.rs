@@ -32,6 +32,8 @@ pub enum BusError {
     Encode(#[from] serde_json::Error),
     #[error("stopped")]
     Cancelled,
+    #[error("no reply within {0:?}")]
+    NoReply(std::time::Duration),
 }
 
 /// A connection with one confirming publisher channel.
@@ -141,6 +143,57 @@ impl Bus {
     /// A fresh channel on this connection (for declarations of one's own).
     pub async fn channel(&self) -> Result<Channel, BusError> {
         Ok(self.conn.create_channel().await?)
+    }
+
+    /// Request/reply: publishes `body` to `queue` with a `reply_to` queue of our
+    /// own and `correlation_id` = `message_id` = `id`, and returns the body of the
+    /// reply carrying that correlation id (the seed's response, for commands).
+    pub async fn request(
+        &self,
+        queue: &str,
+        body: &[u8],
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, BusError> {
+        let ch = self.conn.create_channel().await?;
+        let opts = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        let reply_queue = ch.queue_declare("", opts, FieldTable::default()).await?;
+        let consume = BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        };
+        let mut replies = ch
+            .basic_consume(
+                reply_queue.name().as_str(),
+                "reply",
+                consume,
+                FieldTable::default(),
+            )
+            .await?;
+        let props = json_props()
+            .with_reply_to(reply_queue.name().clone())
+            .with_correlation_id(ShortString::from(id))
+            .with_message_id(ShortString::from(id));
+        self.publish("", queue, body, props).await?;
+        let wait = async {
+            use futures_util::StreamExt;
+            while let Some(d) = replies.next().await {
+                let d = d?;
+                if d.properties.correlation_id().as_ref().map(|c| c.as_str()) == Some(id) {
+                    return Ok(d.data);
+                }
+            }
+            Err(BusError::Cancelled)
+        };
+        let r = tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or(Err(BusError::NoReply(timeout)));
+        let _ = ch.close(200, "done").await;
+        r
     }
 
     /// Declares this worker's exclusive control queue, bound to its id; returns its name.

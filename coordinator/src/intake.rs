@@ -56,21 +56,6 @@ pub fn lane(body: &[u8]) -> usize {
     (u16::from_le_bytes([h[0], h[1]]) as usize) % LANES
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn one_task_always_takes_one_lane() {
-        let a = super::lane(br#"{"cmd":"1","list":[{"id":"123"}]}"#);
-        assert_eq!(
-            a,
-            super::lane(br#"{"cmd":"2","list":[{"id":123}]}"#),
-            "string and number ids are one task"
-        );
-        assert!(a < super::LANES);
-        assert_eq!(super::lane(b"not json"), super::lane(b"{}"));
-    }
-}
-
 /// The seed's response body.
 pub fn response(code: u16, msg: &str) -> serde_json::Value {
     serde_json::json!({"http_code": code.to_string(), "msg": msg, "call_time": now_ms()})
@@ -268,21 +253,29 @@ async fn start(
     Ok(started.epoch)
 }
 
+/// The stored record of `list[i]`'s task, or the refusal that names it.
+async fn known(ctx: &Ctx, i: usize, id: &str) -> Result<TaskRecord, ApplyError> {
+    ctx.store.record(id).await?.ok_or_else(|| {
+        ApplyError::Reject(FieldError::new(
+            format!("list[{i}].id"),
+            format!("no task {id:?} is known"),
+        ))
+    })
+}
+
+fn is_over(state: &str) -> bool {
+    matches!(state, "stopped" | "finished" | "failed")
+}
+
 async fn terminate(ctx: &Ctx, i: usize, spec: &TaskSpec, now: u64) -> Result<(), ApplyError> {
-    let Some(TaskRecord {
+    let TaskRecord {
         spec: mut stored,
         state,
         epoch,
         worker,
         callback,
-    }) = ctx.store.record(&spec.id).await?
-    else {
-        return Err(ApplyError::Reject(FieldError::new(
-            format!("list[{i}].id"),
-            format!("no task {:?} is known", spec.id),
-        )));
-    };
-    if matches!(state.as_str(), "stopped" | "finished" | "failed") {
+    } = known(ctx, i, &spec.id).await?;
+    if is_over(&state) {
         return Ok(()); // already over: stopping it again changes nothing
     }
     let mut stopping = Vec::new();
@@ -357,20 +350,14 @@ fn stored_with(spec: &TaskSpec, urls: &[String]) -> TaskSpec {
 }
 
 async fn update(ctx: &Ctx, i: usize, spec: &TaskSpec, now: u64) -> Result<(), ApplyError> {
-    let Some(TaskRecord {
+    let TaskRecord {
         spec: mut stored,
         state,
         epoch,
         worker,
         ..
-    }) = ctx.store.record(&spec.id).await?
-    else {
-        return Err(ApplyError::Reject(FieldError::new(
-            format!("list[{i}].id"),
-            format!("no task {:?} is known", spec.id),
-        )));
-    };
-    if matches!(state.as_str(), "stopped" | "finished" | "failed") {
+    } = known(ctx, i, &spec.id).await?;
+    if is_over(&state) {
         return Err(ApplyError::Reject(FieldError::new(
             format!("list[{i}].id"),
             format!(
@@ -498,5 +485,20 @@ async fn reply(ctx: &Ctx, d: &Delivery, code: u16, msg: &str) {
 async fn ack(d: &Delivery) {
     if let Err(e) = d.ack(BasicAckOptions::default()).await {
         tracing::warn!(error = %e, "ack failed; RabbitMQ will redeliver and the marker makes it a no-op");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_task_always_takes_one_lane() {
+        let a = super::lane(br#"{"cmd":"1","list":[{"id":"123"}]}"#);
+        assert_eq!(
+            a,
+            super::lane(br#"{"cmd":"2","list":[{"id":123}]}"#),
+            "string and number ids are one task"
+        );
+        assert!(a < super::LANES);
+        assert_eq!(super::lane(b"not json"), super::lane(b"{}"));
     }
 }

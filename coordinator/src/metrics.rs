@@ -20,6 +20,12 @@ pub struct Metrics {
     pub callbacks_failed: IntCounter,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();

@@ -7,11 +7,8 @@
 
 use crate::reply::Reply;
 use anyhow::{bail, Context as _, Result};
-use futures_util::StreamExt;
 use std::time::Duration;
-use vodfleet_bus::lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
-use vodfleet_bus::lapin::types::{FieldTable, ShortString};
-use vodfleet_bus::{json_props, Bus};
+use vodfleet_bus::{Bus, BusError};
 use vodfleet_proto::fleet::COMMANDS_QUEUE;
 
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,60 +29,16 @@ pub async fn send(url: &str, body: &[u8]) -> Result<Reply> {
 }
 
 async fn exchange(bus: &Bus, body: &[u8]) -> Result<Reply> {
-    let ch = bus.channel().await?;
-    let queue = ch
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .context("declaring the reply queue")?;
-    let mut replies = ch
-        .basic_consume(
-            queue.name().as_str(),
-            "vodctl",
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .context("consuming the reply queue")?;
     let id = crate::unique_id();
-    let props = json_props()
-        .with_reply_to(queue.name().clone())
-        .with_correlation_id(ShortString::from(id.clone()))
-        .with_message_id(ShortString::from(id.clone()));
-    bus.publish("", COMMANDS_QUEUE, body, props)
-        .await
-        .with_context(|| format!("publishing to {COMMANDS_QUEUE}"))?;
-    tracing::debug!(correlation_id = %id, "command published; waiting for the reply");
-    let wait = async {
-        while let Some(d) = replies.next().await {
-            let d = d.context("reading the reply queue")?;
-            if d.properties.correlation_id().as_ref().map(|c| c.as_str()) != Some(id.as_str()) {
-                continue;
-            }
-            return Reply::parse(&d.data).with_context(|| {
-                format!(
-                    "the reply is not {{\"http_code\",\"msg\"}}: {}",
-                    String::from_utf8_lossy(&d.data)
-                )
-            });
-        }
-        bail!("the reply queue was closed")
-    };
-    match tokio::time::timeout(REPLY_TIMEOUT, wait).await {
-        Ok(r) => r,
-        Err(_) => bail!(
+    tracing::debug!(correlation_id = %id, "publishing the command and waiting for the reply");
+    match bus.request(COMMANDS_QUEUE, body, &id, REPLY_TIMEOUT).await {
+        Ok(data) => Reply::parse(&data).with_context(|| {
+            format!("the reply is not {{\"http_code\",\"msg\"}}: {}", String::from_utf8_lossy(&data))
+        }),
+        Err(BusError::NoReply(_)) => bail!(
             "the command is queued on {COMMANDS_QUEUE}, but no coordinator replied within {} s (is one running on this vhost?)",
             REPLY_TIMEOUT.as_secs()
         ),
+        Err(e) => Err(e).with_context(|| format!("sending the command to {COMMANDS_QUEUE}")),
     }
 }
