@@ -304,10 +304,7 @@ pub async fn reap(ctx: &Ctx) -> Result<(), StoreError> {
 
 /// Refreshes the tasks-by-state gauge.
 pub async fn count_states(ctx: &Ctx) -> Result<(), StoreError> {
-    let mut counts = std::collections::HashMap::<String, i64>::new();
-    for t in ctx.store.list().await? {
-        *counts.entry(t.state).or_default() += 1;
-    }
+    let counts = ctx.store.count_states().await?;
     for s in [
         "scheduled",
         "leased",

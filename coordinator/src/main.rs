@@ -65,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }));
-    tracker.spawn(every(Duration::from_secs(5), cancel.clone(), {
+    tracker.spawn(every(Duration::from_secs(15), cancel.clone(), {
         let ctx = ctx.clone();
         move || {
             let ctx = ctx.clone();

@@ -154,6 +154,7 @@ if ARGV[7] == '1' then state, lease = 'scheduled', 0 end
 redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'callback', ARGV[2], 'state', state, 'epoch', e,
   'worker', '', 'lease_until', lease, 'position', ARGV[8], 'destinations', '[]', 'start_ms', ARGV[5],
   'end_ms', ARGV[6], 'updated_ms', ARGV[3], 'beat_ms', 0, 'error', '')
+redis.call('PERSIST', KEYS[1])
 if old_state ~= 'leased' and old_state ~= 'running' then old_worker = '' end
 return {old_worker, old_epoch, e}
 "#
@@ -231,6 +232,7 @@ if not st then return 0 end
 if tonumber(redis.call('HGET', KEYS[1], 'epoch')) ~= tonumber(ARGV[1]) or (st ~= 'leased' and st ~= 'running') then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'worker', '', 'lease_until', 0, 'position', ARGV[3],
   'updated_ms', ARGV[4], 'error', ARGV[5])
+redis.call('EXPIRE', KEYS[1], 172800)
 return 1
 "#
 );
@@ -244,6 +246,8 @@ if not st or st == 'stopped' or st == 'finished' or st == 'failed' then return f
 local worker = redis.call('HGET', KEYS[1], 'worker') or ''
 local e = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'worker', '', 'lease_until', 0, 'updated_ms', ARGV[1])
+-- Over: the record stays readable for 48 h (like a resume record), then goes.
+redis.call('EXPIRE', KEYS[1], 172800)
 if ARGV[3] == '1' then
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[2], 'spec', redis.call('HGET', KEYS[1], 'spec'),
@@ -741,10 +745,48 @@ impl Store {
         ids.sort();
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(v) = self.get(&id).await? {
-                out.push(v);
+            match self.get(&id).await? {
+                Some(v) => out.push(v),
+                // Its record expired (over for 48 h): drop it from the index too.
+                None => {
+                    let _: () = c.srem(keys::TASKS, &id).await?;
+                }
             }
         }
         Ok(out)
+    }
+
+    /// Tasks by state, read in pipelined batches without loading the records
+    /// (memory stays flat however many tasks there are).
+    pub async fn count_states(&self) -> Result<std::collections::HashMap<String, i64>> {
+        let mut c = self.conn.clone();
+        let mut counts = std::collections::HashMap::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
+                .arg(keys::TASKS)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut c)
+                .await?;
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.hget(keys::task(id), "state");
+            }
+            let states: Vec<Option<String>> = pipe.query_async(&mut c).await?;
+            for (id, state) in ids.iter().zip(states) {
+                match state {
+                    Some(s) => *counts.entry(s).or_insert(0) += 1,
+                    None => {
+                        let _: () = c.srem(keys::TASKS, id).await?;
+                    }
+                }
+            }
+            if next == 0 {
+                return Ok(counts);
+            }
+            cursor = next;
+        }
     }
 }

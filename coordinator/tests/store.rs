@@ -190,6 +190,16 @@ async fn stop_writes_a_48h_resume_record_and_the_release_makes_it_exact() {
         (172_700..=172_800).contains(&ttl),
         "resume record TTL {ttl}"
     );
+    let task_ttl: i64 = redis::cmd("TTL")
+        .arg(keys::task("t2"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        (172_700..=172_800).contains(&task_ttl),
+        "a task that is over expires like its resume record ({task_ttl})"
+    );
+    assert_eq!(s.count_states().await.unwrap().get("stopped"), Some(&1));
     let (rec, cb) = s.resume_record("t2").await.unwrap().expect("record");
     assert_eq!(
         (rec.position, cb.as_deref()),
