@@ -32,6 +32,7 @@ What it does
          divided by the window (cores) and by N (per stream); nginx separately;
          the rest of the machine from /proc/stat (other processes + softirq).
        * memory: PSS and RSS from /proc/PID/smaps_rollup, summed; per stream = /N.
+       * context switches per stream and second (all threads), tool and nginx.
        * real time: per stream, the publisher's media timestamp at the server
          (/stat <client><timestamp>, ms) advanced over the window vs the wall
          clock between the two /stat reads. A stream is lagging if it advanced
@@ -47,7 +48,9 @@ What it does
               -c:v libx264 -preset veryfast -tune zerolatency -b:v 2000k
               -maxrate 2000k -bufsize 2000k -g 50 -r 25 -s 1280x720
               -c:a aac -b:a 128k -ar 44100 -ac 2 -f flv rtmp://...
-     and the same task with 4 forward URLs vs 1 (encode once, fan out).
+     and the same task with 4 forward URLs vs 1 (encode once, fan out); the
+     three are run --transcode-repeat times (default 2), interleaved, and the
+     ratios use the medians.
   4. Prints a markdown table and writes every figure, the commands, the
      machine and the idle checks to --json.
 
@@ -61,6 +64,7 @@ machine was idle. Every process it starts is stopped on exit, error or Ctrl-C
 import argparse
 import atexit
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -258,6 +262,29 @@ def proc_threads(pid):
     return None
 
 
+def proc_ctx_switches(pid):
+    """Context switches (voluntary + not) summed over the process's threads."""
+    cs = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                            cs += int(line.split()[1])
+            except OSError:
+                pass
+    except OSError:
+        return None
+    return cs
+
+
+def cs_rate(before, after, window, n):
+    """Context switches per stream and second."""
+    tot = sum(after[p] - a for p, a in before.items() if a is not None and after.get(p) is not None)
+    return round(tot / window / n, 1)
+
+
 def machine_ticks():
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
@@ -306,11 +333,18 @@ def wait_idle(max_wait):
         log(f"waiting for other jobs to finish: {' '.join(busy[:6])}")
         time.sleep(10)
         busy = foreign_busy_procs()
+    # The load average lags by minutes (and counts our own previous configuration),
+    # so also sample how busy the machine is right now.
+    waited = time.monotonic() - t0
+    m0 = machine_ticks()
+    time.sleep(2.0)
+    m1 = machine_ticks()
     return {
-        "waited_s": round(time.monotonic() - t0, 1),
+        "waited_s": round(waited, 1),
         "busy_procs_at_start": busy,
         "idle": not busy,
         "loadavg_before": loadavg(),
+        "busy_cores_2s_before": round((m1[0] - m0[0]) / CLK_TCK / 2.0, 3),
     }
 
 
@@ -453,6 +487,8 @@ def run_config(args, media, media_meta, label, tool, n_streams, workdir, mode="c
         m0 = machine_ticks()
         t0 = time.monotonic()
         s0, st0 = nginx.stat()
+        cs0 = {pid: proc_ctx_switches(pid) for pid in pids}
+        ngcs0 = {nginx.pid: proc_ctx_switches(nginx.pid)}
         # Sleep through the window, looking for other agents' builds/tests now and then.
         foreign = set()
         end = t0 + args.duration
@@ -468,6 +504,8 @@ def run_config(args, media, media_meta, label, tool, n_streams, workdir, mode="c
         m1 = machine_ticks()
         t1 = time.monotonic()
         s1, st1 = nginx.stat()
+        cs1 = {pid: proc_ctx_switches(pid) for pid in pids}
+        ngcs1 = {nginx.pid: proc_ctx_switches(nginx.pid)}
         window = t1 - t0
         stat_window_ms = (st1 - st0) * 1000.0
 
@@ -528,6 +566,8 @@ def run_config(args, media, media_meta, label, tool, n_streams, workdir, mode="c
             "rss_mb_per_stream": round(rss / 1024 / n_streams, 3),
             "nginx_pss_mb": round(ng_mem["pss"] / 1024, 1),
             "threads": threads,
+            "ctx_switches_per_stream_s": cs_rate(cs0, cs1, window, n_streams),
+            "nginx_ctx_switches_per_stream_s": cs_rate(ngcs0, ngcs1, window, n_streams),
             "processes": len(pids),
             "processes_died": len(dead),
             "lagging": len(lagging),
@@ -572,7 +612,7 @@ def fmt(v, nd=3):
 
 def table(results):
     rows = ["| config | tool | N | CPU cores | CPU %/stream | nginx cores | machine busy | "
-            "PSS MB/stream | RSS MB/stream | lagging | worst media/wall | data short | idle (load1 before) |",
+            "PSS MB/stream | RSS MB/stream | lagging | worst media/wall | data short | idle (busy cores just before) |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if r.get("superseded"):
@@ -582,13 +622,13 @@ def table(results):
             continue
         rows.append("| {label} | {tool} | {n} | {c} | {cps} | {ng} | {busy} | {pss} | {rss} | {lag}/{ns} | "
                     "{worst} | {short} | {idle} ({l1}) |".format(
-                        label=r["label"], tool=r["tool"], n=r["n"], c=fmt(r["cpu_cores"]),
+                        label=r["label"] + (f" #{r['repeat'] + 1}" if "repeat" in r else ""), tool=r["tool"], n=r["n"], c=fmt(r["cpu_cores"]),
                         cps=fmt(r["cpu_pct_per_stream"], 3), ng=fmt(r["nginx_cpu_cores"]),
                         busy=f"{100 * (r['machine_busy_frac'] or 0):.0f} %",
                         pss=fmt(r["pss_mb_per_stream"], 2), rss=fmt(r["rss_mb_per_stream"], 2),
                         lag=r["lagging"], ns=r["streams_at_server"], worst=fmt(r["worst_media_over_wall"]),
                         short=r["data_short"], idle="NO" if r.get("disturbed") else "yes",
-                        l1=r["idle_check"]["loadavg_before"][0]))
+                        l1=r["idle_check"].get("busy_cores_2s_before")))
     return "\n".join(rows)
 
 
@@ -606,7 +646,11 @@ def measure(args, media, meta, label, tool, n, workdir, **kw):
             log(f"{label} {tool} failed: {e!r}")
             r = {"label": label, "tool": tool, "mode": kw.get("mode", "copy"), "n": n, "error": repr(e)}
         attempts.append(r)
-        if not r.get("disturbed"):
+        if not r.get("disturbed") or i == args.retry_disturbed:
+            break
+        if r.get("idle_check", {}).get("busy_procs_at_start"):
+            # The idle wait already ran out: the box stays busy, another try would
+            # only cost another --idle-wait. Keep this one, marked disturbed.
             break
         log(f"{label} {tool}: disturbed by other jobs, measuring again")
     for r in attempts[:-1]:
@@ -627,13 +671,22 @@ def ratios(results):
                 r["cpu_cores"] / ff["cpu_cores"], 3)
             out[f"passthrough N={r['n']}: vodfleet/ffmpeg PSS per stream"] = round(
                 r["pss_mb"] / ff["pss_mb"], 3) if ff["pss_mb"] else None
-    tv, tf, t4 = (by.get(("transcode-1dest", "vodfleet")), by.get(("transcode-1dest", "ffmpeg")),
-                  by.get(("transcode-4dest", "vodfleet")))
-    if tv and tf and tf["cpu_cores"]:
-        out["transcode: vodfleet/ffmpeg CPU"] = round(tv["cpu_cores"] / tf["cpu_cores"], 3)
-    if tv and t4 and tv["cpu_cores"]:
-        out["transcode: 4 destinations / 1 destination CPU (vodfleet)"] = round(
-            t4["cpu_cores"] / tv["cpu_cores"], 3)
+    def med(label, tool):
+        xs = sorted(r["cpu_cores"] for r in results
+                    if r["label"] == label and r["tool"] == tool and "cpu_cores" in r)
+        if not xs:
+            return None, []
+        mid = len(xs) // 2
+        return (xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2), xs
+
+    tv, tvs = med("transcode-1dest", "vodfleet")
+    tf, tfs = med("transcode-1dest", "ffmpeg")
+    t4, t4s = med("transcode-4dest", "vodfleet")
+    if tv and tf:
+        out["transcode: vodfleet/ffmpeg CPU (medians)"] = round(tv / tf, 3)
+        out["transcode runs, cores: ffmpeg / vodfleet 1 dest / vodfleet 4 dest"] = [tfs, tvs, t4s]
+    if tv and t4:
+        out["transcode: 4 destinations / 1 destination CPU (vodfleet, medians)"] = round(t4 / tv, 3)
     return out
 
 
@@ -690,6 +743,9 @@ def main():
     ap.add_argument("--worker", default=os.path.join(ROOT, "target", "release", "vodfleet-worker"))
     ap.add_argument("--cache", default="/tmp/vodfleet-bench")
     ap.add_argument("--json", default=None, help="results file (default CACHE/results-STAMP.json)")
+    ap.add_argument("--transcode-repeat", type=int, default=2,
+                    help="run the transcode comparisons this many times, interleaved; the "
+                         "ratios use the medians (default 2)")
     ap.add_argument("--retry-disturbed", type=int, default=1,
                     help="measure a configuration again (up to this many times) when other "
                          "cargo/test jobs ran before or during its window (default 1)")
@@ -715,15 +771,29 @@ def main():
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = os.path.join(args.cache, "run-" + stamp)
+    worker_src = args.worker
+    worker_info = {"path": worker_src}
+    if os.path.exists(worker_src):
+        # Run a private copy: another job's `cargo build` may replace the binary mid-run.
+        with open(worker_src, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        copy = os.path.join(args.cache, "bin", f"vodfleet-worker-{digest[:16]}")
+        if not os.path.exists(copy):
+            os.makedirs(os.path.dirname(copy), exist_ok=True)
+            shutil.copy2(worker_src, copy + ".tmp")
+            os.replace(copy + ".tmp", copy)
+        args.worker = copy
+        worker_info.update({
+            "sha256": digest, "run_copy": copy,
+            "mtime": dt.datetime.fromtimestamp(os.path.getmtime(worker_src)).astimezone()
+            .isoformat(timespec="seconds")})
     json_path = args.json or os.path.join(args.cache, f"results-{stamp}.json")
     started = time.monotonic()
     doc = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
         "machine": machine_info(),
-        "worker": {"path": args.worker,
-                   "mtime": dt.datetime.fromtimestamp(os.path.getmtime(args.worker)).isoformat(timespec="seconds")
-                   if os.path.exists(args.worker) else None},
+        "worker": worker_info,
         "settings": {"streams": counts, "duration_s": args.duration, "warmup_s": args.warmup,
                      "tools": tools},
         "results": [],
@@ -760,11 +830,15 @@ def main():
         if not args.no_transcode:
             plan = [("transcode-1dest", "ffmpeg", 1), ("transcode-1dest", "vodfleet", 1),
                     ("transcode-4dest", "vodfleet", 4)]
-            for label, tool, nd in plan:
-                doc["results"].extend(measure(args, media, meta, label, tool, 1,
-                                              os.path.join(run_dir, f"{label}-{tool}"),
-                                              mode="transcode", n_dest=nd))
-                save()
+            for rep in range(args.transcode_repeat):
+                for label, tool, nd in plan:
+                    tries = measure(args, media, meta, label, tool, 1,
+                                    os.path.join(run_dir, f"{label}-{tool}-r{rep}"),
+                                    mode="transcode", n_dest=nd)
+                    for r in tries:
+                        r["repeat"] = rep
+                    doc["results"].extend(tries)
+                    save()
     except KeyboardInterrupt as e:
         log(f"interrupted ({e}); stopping everything")
         doc["interrupted"] = True

@@ -181,6 +181,11 @@ impl Sender {
                             self.report(DestinationState::Stopped, 0, None);
                             return;
                         }
+                        // A write cut short because the task is stopping is not a failure.
+                        Session::Broken(_) if self.interrupt.stopped() => {
+                            self.report(DestinationState::Stopped, 0, None);
+                            return;
+                        }
                         Session::Broken(e) => {
                             tracing::warn!(destination = %self.shown, dest.index = self.index, error = %e, "destination connection broke; reconnecting");
                             failures = 1;
