@@ -265,7 +265,10 @@ fn verdict(ok: bool) -> &'static str {
 
 /// The command that reproduces one section with the options of this run.
 fn bench_cmd(section: &str, a: &Args) -> String {
-    format!("`cargo bench -p vodfleet-tests --bench fleet -- {section}{}`", a.opts)
+    format!(
+        "`cargo bench -p vodfleet-tests --bench fleet -- {section}{}`",
+        a.opts
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -531,6 +534,13 @@ fn signal_run(fleet: &mut Fleet, kill: bool, settle: Duration, watch_every: Dura
     run
 }
 
+/// How long run `r` streams before the signal: `base` ms plus 450 ms per run
+/// (mod 2 s), so the signals land at different points of the 2 s GOP and of
+/// the 2 s heartbeat period.
+fn settle(base: u64, r: usize) -> Duration {
+    Duration::from_millis(base + (r as u64 * 450) % 2000)
+}
+
 fn opt_i(v: Option<i64>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "—".into())
 }
@@ -551,7 +561,8 @@ fn failover(a: &Args) -> String {
         "### Worker SIGKILL → stream live again on the other worker\n\n\
          Fleet: 2 coordinators, 2 workers, heartbeats every 2000 ms (default). Each run: a loop-0 \
          task of a 90 s counter video (frame numbers drawn into the picture; 25 fps, GOP 50 \
-         frames = 2 s) started through the queue, left streaming 5 s, then its worker gets \
+         frames = 2 s) started through the queue, left streaming 5 s + (450 ms × run mod 2 s) so the kill \
+         lands at different points of the GOP and of the heartbeat period, then its worker gets \
          SIGKILL; `/stat` polled every 20 ms. *Back* = SIGKILL → first sample with the new \
          publisher; *position error* = first frame number after − last frame before, read \
          from nginx's recordings of the two sessions (+ = frames skipped, − = frames shown \
@@ -574,12 +585,7 @@ fn failover(a: &Args) -> String {
         let mut errs = Vec::new();
         let mut ok = true;
         for r in 1..=runs {
-            let run = signal_run(
-                &mut fleet,
-                true,
-                Duration::from_secs(5),
-                Duration::from_millis(20),
-            );
+            let run = signal_run(&mut fleet, true, settle(5000, r), Duration::from_millis(20));
             let j = run.judged.as_ref().expect("judged");
             let err = j.error();
             eprintln!(
@@ -648,8 +654,8 @@ fn handoff(a: &Args) -> String {
         s,
         "### Worker SIGTERM (scale-down) → stream live again\n\n\
          Fleet: 2 coordinators, 2 workers, lease TTL 10000 ms (the default; a hand-off does not \
-         wait for it), drain timeout 20000 ms (default). Same task and media as above, streaming 4 s, then \
-         SIGTERM to its worker; `/stat` polled every 20 ms. *Gap* = last sample showing the old \
+         wait for it), drain timeout 20000 ms (default). Same task and media as above, streaming 4 s + (450 ms × run \
+         mod 2 s), then SIGTERM to its worker; `/stat` polled every 20 ms. *Gap* = last sample showing the old \
          publisher → first sample showing the new one (an upper bound of the time the stream \
          had no publisher, ±20 ms); *back* = SIGTERM → first sample with the new publisher; \
          *exit* = the worker's exit status and when it came.\n\nCommand: {}\n",
@@ -666,7 +672,7 @@ fn handoff(a: &Args) -> String {
         let run = signal_run(
             &mut fleet,
             false,
-            Duration::from_secs(4),
+            settle(4000, r),
             Duration::from_millis(20),
         );
         let j = run.judged.as_ref().expect("judged");
@@ -883,7 +889,11 @@ fn intake_one(a: &Args, coordinators: usize) -> (String, bool) {
         .collect();
     let idle_secs = idle_t0.elapsed().as_secs_f64();
     points.push(MemPoint {
-        label: format!("{} (peak while idle, {} s after)", scard(), IDLE_WINDOW.as_secs()),
+        label: format!(
+            "{} (peak while idle, {} s after)",
+            scard(),
+            IDLE_WINDOW.as_secs()
+        ),
         tasks: scard(),
         at: t_start.elapsed(),
         mem: peak.clone(),
