@@ -695,6 +695,11 @@ impl Store {
     pub async fn get(&self, id: &str) -> Result<Option<TaskView>> {
         let mut c = self.conn.clone();
         let m: std::collections::HashMap<String, String> = c.hgetall(keys::task(id)).await?;
+        Self::view(id, &m)
+    }
+
+    /// A task's view from its hash (`None` for an empty hash: no such task).
+    fn view(id: &str, m: &std::collections::HashMap<String, String>) -> Result<Option<TaskView>> {
         if m.is_empty() {
             return Ok(None);
         }
@@ -739,17 +744,27 @@ impl Store {
         }))
     }
 
+    /// Every task, read in pipelined batches of 500 (one round trip per batch,
+    /// not per task).
     pub async fn list(&self) -> Result<Vec<TaskView>> {
         let mut c = self.conn.clone();
         let mut ids: Vec<String> = c.smembers(keys::TASKS).await?;
         ids.sort();
         let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            match self.get(&id).await? {
-                Some(v) => out.push(v),
-                // Its record expired (over for 48 h): drop it from the index too.
-                None => {
-                    let _: () = c.srem(keys::TASKS, &id).await?;
+        for batch in ids.chunks(500) {
+            let mut pipe = redis::pipe();
+            for id in batch {
+                pipe.hgetall(keys::task(id));
+            }
+            let maps: Vec<std::collections::HashMap<String, String>> =
+                pipe.query_async(&mut c).await?;
+            for (id, m) in batch.iter().zip(&maps) {
+                match Self::view(id, m)? {
+                    Some(v) => out.push(v),
+                    // Its record expired (over for 48 h): drop it from the index too.
+                    None => {
+                        let _: () = c.srem(keys::TASKS, id).await?;
+                    }
                 }
             }
         }

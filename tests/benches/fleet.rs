@@ -917,6 +917,28 @@ fn intake_one(a: &Args, coordinators: usize) -> (String, bool) {
                 .sum::<f64>()
         })
         .sum();
+    // Not part of the target: what listing every task costs (`GET /v1/tasks`
+    // reads each task's record and answers them all at once).
+    let list = {
+        let c = fleet.coordinator();
+        let before = mem_kb(c.pid());
+        let t = Instant::now();
+        let r = c.get_signed("/v1/tasks");
+        let took = t.elapsed();
+        let after = mem_kb(c.pid());
+        format!(
+            "`GET /v1/tasks` on coordinator 1 with {} tasks (not part of the target): HTTP {}, \
+             {:.1} MB body in {} ms; its RSS / PSS {} / {} MB before, {} / {} MB after.",
+            scard(),
+            r.status,
+            r.body.len() as f64 / 1048576.0,
+            ms(took),
+            mb(before.0),
+            mb(before.1),
+            mb(after.0),
+            mb(after.1)
+        )
+    };
     let dead: u64 = {
         let p = fleet.producer();
         p.dead_letters().len() as u64
@@ -1008,7 +1030,7 @@ fn intake_one(a: &Args, coordinators: usize) -> (String, bool) {
         s,
         "\nCoordinator CPU while idle with {n} scheduled tasks: {} over {idle_secs:.1} s \
          (the periodic count of tasks by state reads every task's state).\n\n\
-         PSS growth from 0 to {n} tasks during intake: {} (per 1,000 tasks: {}).\n",
+         PSS growth from 0 to {n} tasks during intake: {} (per 1,000 tasks: {}).\n\n{list}\n",
         idle_cpu
             .iter()
             .map(|c| format!("{c:.2} s"))
