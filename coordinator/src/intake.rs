@@ -263,6 +263,18 @@ async fn known(ctx: &Ctx, i: usize, id: &str) -> Result<TaskRecord, ApplyError> 
     })
 }
 
+/// Stores `spec` if its task is still at `epoch`; a task that moved on meanwhile is
+/// a transient conflict, so the command is applied again against the new state.
+async fn replace_spec(ctx: &Ctx, spec: &TaskSpec, epoch: u64, now: u64) -> Result<(), ApplyError> {
+    if ctx.store.set_spec(&spec.id, epoch, spec, now).await? {
+        Ok(())
+    } else {
+        Err(ApplyError::Store(StoreError::Conflict {
+            task: spec.id.clone(),
+        }))
+    }
+}
+
 fn is_over(state: &str) -> bool {
     matches!(state, "stopped" | "finished" | "failed")
 }
@@ -322,12 +334,7 @@ async fn terminate(ctx: &Ctx, i: usize, spec: &TaskSpec, now: u64) -> Result<(),
         }
         return Ok(());
     }
-    if !ctx.store.set_spec(&spec.id, epoch, &stored, now).await? {
-        return Err(ApplyError::Store(StoreError::Corrupt {
-            task: spec.id.clone(),
-            cause: "changed while being updated; try again".into(),
-        }));
-    }
+    replace_spec(ctx, &stored, epoch, now).await?;
     if let Some(w) = worker {
         ctx.tell(
             &w,
@@ -370,12 +377,7 @@ async fn update(ctx: &Ctx, i: usize, spec: &TaskSpec, now: u64) -> Result<(), Ap
     stored.loop_count = spec.loop_count;
     stored.first_item = spec.first_item.min(stored.sources.len().saturating_sub(1));
     stored.callback_file_info = spec.callback_file_info;
-    if !ctx.store.set_spec(&spec.id, epoch, &stored, now).await? {
-        return Err(ApplyError::Store(StoreError::Corrupt {
-            task: spec.id.clone(),
-            cause: "changed while being updated; try again".into(),
-        }));
-    }
+    replace_spec(ctx, &stored, epoch, now).await?;
     if let Some(w) = worker {
         ctx.tell(
             &w,

@@ -19,6 +19,10 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("task {task}: stored record is unreadable: {cause}")]
     Corrupt { task: String, cause: String },
+    /// The task moved on (a new epoch) while a command was changing it; applying
+    /// the command again, against the new state, is the answer.
+    #[error("task {task} changed while being updated")]
+    Conflict { task: String },
 }
 
 impl StoreError {
@@ -31,6 +35,7 @@ impl StoreError {
                     || e.is_connection_refusal()
                     || e.is_timeout()
             }
+            StoreError::Conflict { .. } => true,
             StoreError::Corrupt { .. } => false,
         }
     }
