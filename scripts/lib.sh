@@ -15,7 +15,7 @@ VF_PACKAGES=(
     clang libclang-dev pkg-config ffmpeg
     nginx-light libnginx-mod-rtmp
     rabbitmq-server redis-server
-    curl
+    curl stunnel4 openssl
 )
 
 # shellcheck disable=SC2034

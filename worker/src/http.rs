@@ -39,7 +39,7 @@ pub async fn serve(listener: tokio::net::TcpListener, probes: Probes, stop: Canc
                 refresh();
                 (
                     [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    crate::metrics::get().render(),
+                    vodfleet_engine::metrics::get().render(),
                 )
                     .into_response()
             }),

@@ -5,20 +5,15 @@
 //! `vodfleet-worker run` is fleet mode: work orders from RabbitMQ under leases.
 
 mod config;
-mod destination;
-mod error;
-mod event;
 mod fleet;
 mod http;
-mod media;
 mod metrics;
-mod pacer;
-mod source;
-mod task;
-mod timeline;
+mod progress;
 
 use clap::{Parser, Subcommand};
-use event::{DestinationProgress, Event, ProgressStyle, TaskStatus};
+use progress::ProgressStyle;
+use vodfleet_engine::event::{self, DestinationProgress, Event, TaskStatus};
+use vodfleet_engine::{task, Engine, Start};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -104,7 +99,7 @@ fn play(
     style: ProgressStyle,
     resume: Option<vodfleet_proto::Position>,
 ) -> ExitCode {
-    let cfg = match config::Config::from_env() {
+    let cfg = match vodfleet_engine::config::Config::from_env() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("configuration: {e}");
@@ -144,64 +139,60 @@ fn play(
             }
         }
     }
-    media::init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let engine = Engine::new(cfg, rt.handle().clone());
     let cancel = CancellationToken::new();
     let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut statuses = Vec::new();
     let mut controls = Vec::new();
     let mut running = Vec::new();
     for spec in specs {
-        let sources =
-            match source::Sources::new(&cfg, &spec.id, cancel.clone(), rt.handle().clone()) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("cache directory {}: {e}", cfg.cache_dir.display());
-                    return ExitCode::from(2);
-                }
-            };
-        let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
-        let status = Arc::new(TaskStatus::default());
-        let (control, control_rx) = std::sync::mpsc::channel();
-        controls.push(control);
         let id = spec.id.clone();
+        let handle = match engine.start(Start {
+            spec,
+            resume,
+            resume_estimated: false,
+            cancel: cancel.clone(),
+        }) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
+        };
+        active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Progress ticks and, once the task is over, its closing event go to the
+        // reporter after the engine's own events, in order.
+        let (ticks, mut ticks_rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+        let (last, last_rx) = tokio::sync::oneshot::channel::<Event>();
+        let mut engine_events = handle.events;
         let reporter = {
             let id = id.clone();
             rt.spawn(async move {
-                while let Some(e) = events_rx.recv().await {
-                    event::print(style, &id, &e);
+                loop {
+                    tokio::select! {
+                        biased;
+                        e = engine_events.recv() => match e {
+                            Some(e) => progress::print(style, &id, &e),
+                            None => break,
+                        },
+                        Some(e) = ticks_rx.recv() => progress::print(style, &id, &e),
+                    }
+                }
+                if let Ok(e) = last_rx.await {
+                    progress::print(style, &id, &e);
                 }
             })
         };
-        let ticker = rt.spawn(progress_ticker(status.clone(), events.clone()));
-        let t = task::Task::new(
-            spec,
-            cfg.clone(),
-            sources,
-            rt.handle().clone(),
-            events.clone(),
-            status.clone(),
-            control_rx,
-        )
-        .resume_from(resume);
-        let thread = std::thread::Builder::new()
-            .name(format!("task-{id}"))
-            .spawn({
-                let active = active.clone();
-                active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                move || {
-                    let outcome = t.run();
-                    active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                    outcome
-                }
-            })
-            .expect("spawning a task thread");
+        let status = handle.status.clone();
+        let ticker = rt.spawn(progress_ticker(status.clone(), ticks));
+        controls.push(handle.control);
         statuses.push(status.clone());
-        running.push((id, thread, events, status, reporter, ticker));
+        running.push((id, handle.done, last, status, reporter, ticker));
     }
     // `/metrics` and friends, only when asked for: several `play`s may run side by side.
     if let Ok(addr) = std::env::var("VODFLEET_HTTP_ADDR") {
@@ -212,8 +203,9 @@ fn play(
                 return ExitCode::from(2);
             }
         };
+        let active = active.clone();
         let refresh = move || {
-            let m = metrics::get();
+            let m = vodfleet_engine::metrics::get();
             m.streams_active
                 .set(active.load(std::sync::atomic::Ordering::Relaxed) as i64);
             let lag = statuses
@@ -234,25 +226,26 @@ fn play(
         tracing::info!("stopping; a second signal exits at once");
         cancel.cancel();
         for c in &controls {
-            let _ = c.send(task::Control::Stop);
+            c.send(task::Control::Stop);
         }
         wait_for_signal().await;
         std::process::exit(130);
     });
 
     let mut code = ExitCode::SUCCESS;
-    for (id, thread, events, status, reporter, ticker) in running {
-        let outcome = thread.join().unwrap_or_else(|_| task::Outcome {
-            end: task::End::Failed(error::WorkerError::Unsupported {
+    for (id, done, last, status, reporter, ticker) in running {
+        let outcome = rt.block_on(done).unwrap_or_else(|_| task::Outcome {
+            end: task::End::Failed(vodfleet_engine::error::WorkerError::Unsupported {
                 task: id.clone(),
-                cause: "media thread panicked".into(),
+                cause: "media pipeline vanished".into(),
             }),
             position: status.position(),
         });
+        active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         ticker.abort();
         let (end, position) = (outcome.end, outcome.position);
         let timeline_ms = position.timeline_ms;
-        let _ = events.send(match end {
+        let _ = last.send(match end {
             task::End::Finished => Event::TaskFinished {
                 timeline_ms,
                 position,
@@ -269,7 +262,6 @@ fn play(
                 }
             }
         });
-        drop(events);
         let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), reporter).await });
     }
     if style == ProgressStyle::Tty {

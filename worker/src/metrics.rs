@@ -1,98 +1,40 @@
-//! The worker's Prometheus metrics (served on `/metrics`, see `http`).
-//!
-//! One process-wide set, counted where things happen (destination threads,
-//! downloads, the fleet loops) in both `play` and `run` modes. Labels are
-//! bounded: never a URL, a stream key or a task id.
+//! Fleet-mode metrics, registered next to the engine's in one registry
+//! (`vodfleet_engine::metrics::registry`). Labels are bounded: never a URL,
+//! a stream key or a task id.
 
-use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 use std::sync::OnceLock;
+use vodfleet_engine::metrics::register;
 
-pub struct Metrics {
-    registry: Registry,
-    pub streams_active: IntGauge,
+pub struct FleetMetrics {
+    /// `vodfleet_worker_free_slots`
     pub free_slots: IntGauge,
-    pub bytes_sent: IntCounter,
-    pub frames_sent: IntCounter,
-    pub destination_reconnects: IntCounter,
-    pub destination_failures: IntCounter,
-    pub source_download_attempts: IntCounter,
-    pub source_download_failures: IntCounter,
-    pub lag_seconds: Gauge,
+    /// `vodfleet_worker_heartbeats_total`
     pub heartbeats: IntCounter,
     /// By `reason`: `expired` (no renewal within the lease TTL) or `revoked`.
     pub fenced: IntCounterVec,
 }
 
-/// The process's metrics (registered on first use).
-pub fn get() -> &'static Metrics {
-    static M: OnceLock<Metrics> = OnceLock::new();
-    M.get_or_init(Metrics::new)
-}
-
-impl Metrics {
-    fn new() -> Metrics {
-        let registry = Registry::new();
-        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
-            r.register(Box::new(m.clone()))
-                .expect("metric names are unique");
-            m
-        }
-        let gauge = |name: &str, help: &str| {
-            reg(&registry, IntGauge::new(name, help).expect("valid metric"))
-        };
-        let counter = |name: &str, help: &str| {
-            reg(
-                &registry,
-                IntCounter::new(name, help).expect("valid metric"),
-            )
-        };
-        let m = Metrics {
-            streams_active: gauge(
-                "vodfleet_worker_streams_active",
-                "Tasks streaming on this worker.",
-            ),
-            free_slots: gauge(
-                "vodfleet_worker_free_slots",
-                "Task slots free for new work orders.",
-            ),
-            bytes_sent: counter(
-                "vodfleet_worker_bytes_sent_total",
-                "Media payload bytes written to destinations (each destination counts).",
-            ),
-            frames_sent: counter(
-                "vodfleet_worker_frames_sent_total",
-                "Video frames written to destinations (each destination counts).",
-            ),
-            destination_reconnects: counter(
-                "vodfleet_worker_destination_reconnects_total",
-                "Connection attempts to a destination after its first one.",
-            ),
-            destination_failures: counter(
-                "vodfleet_worker_destination_failures_total",
-                "Destinations given up after their reconnect attempts.",
-            ),
-            source_download_attempts: counter(
-                "vodfleet_worker_source_download_attempts_total",
-                "HTTP source download attempts.",
-            ),
-            source_download_failures: counter(
-                "vodfleet_worker_source_download_failures_total",
-                "HTTP source download attempts that failed.",
-            ),
-            lag_seconds: reg(
-                &registry,
-                Gauge::new(
-                    "vodfleet_worker_lag_seconds",
-                    "How far behind real time the most delayed task is.",
+/// The fleet's metrics (registered on first use).
+pub fn get() -> &'static FleetMetrics {
+    static M: OnceLock<FleetMetrics> = OnceLock::new();
+    M.get_or_init(|| {
+        let m = FleetMetrics {
+            free_slots: register(
+                IntGauge::new(
+                    "vodfleet_worker_free_slots",
+                    "Task slots free for new work orders.",
                 )
                 .expect("valid metric"),
             ),
-            heartbeats: counter(
-                "vodfleet_worker_heartbeats_total",
-                "Heartbeats published (confirmed by RabbitMQ).",
+            heartbeats: register(
+                IntCounter::new(
+                    "vodfleet_worker_heartbeats_total",
+                    "Heartbeats published (confirmed by RabbitMQ).",
+                )
+                .expect("valid metric"),
             ),
-            fenced: reg(
-                &registry,
+            fenced: register(
                 IntCounterVec::new(
                     Opts::new(
                         "vodfleet_worker_fenced_total",
@@ -102,42 +44,26 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
-            registry,
         };
         // Both reasons are listed from the start, at 0.
         for reason in ["expired", "revoked"] {
             m.fenced.with_label_values(&[reason]);
         }
         m
-    }
-
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
-        TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_default()
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn renders_every_metric_by_its_exact_name() {
-        let m = super::get();
-        m.fenced.with_label_values(&["expired"]).inc();
-        let text = m.render();
+    fn fleet_metrics_render_with_the_engine_s() {
+        super::get().fenced.with_label_values(&["expired"]).inc();
+        let text = vodfleet_engine::metrics::get().render();
         for name in [
-            "vodfleet_worker_streams_active",
             "vodfleet_worker_free_slots",
-            "vodfleet_worker_bytes_sent_total",
-            "vodfleet_worker_frames_sent_total",
-            "vodfleet_worker_destination_reconnects_total",
-            "vodfleet_worker_destination_failures_total",
-            "vodfleet_worker_source_download_attempts_total",
-            "vodfleet_worker_source_download_failures_total",
-            "vodfleet_worker_lag_seconds",
             "vodfleet_worker_heartbeats_total",
             "vodfleet_worker_fenced_total",
+            "vodfleet_worker_streams_active",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {name} ")),

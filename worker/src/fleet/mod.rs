@@ -14,12 +14,12 @@
 mod lease;
 mod link;
 
-use crate::config::{Config, FleetConfig, FENCE_MARGIN};
-use crate::event::TaskStatus;
-use crate::event::{unix_ms, Callbacks, Event};
+use crate::config::{FleetConfig, FENCE_MARGIN};
 use crate::metrics;
-use crate::source::Sources;
-use crate::task::{Control, End, Outcome, Task};
+use vodfleet_engine::config::Config;
+use vodfleet_engine::event::{unix_ms, Callbacks, Event, TaskStatus};
+use vodfleet_engine::task::{Control, End, Outcome};
+use vodfleet_engine::{Controller, Engine, Start};
 use lease::Leases;
 use link::Outbox;
 use std::collections::HashMap;
@@ -47,12 +47,13 @@ pub fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    crate::media::init();
+    metrics::get();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let engine = Engine::new(cfg, rt.handle().clone());
     rt.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(fleet_cfg.http_addr).await {
             Ok(l) => l,
@@ -61,7 +62,7 @@ pub fn run() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let fleet = Fleet::new(cfg, fleet_cfg);
+        let fleet = Fleet::new(engine, fleet_cfg);
         tracing::info!(
             worker.id = %fleet.cfg.worker_id,
             slots = fleet.cfg.slots,
@@ -121,7 +122,7 @@ struct Running {
     /// The engine's destination indexes still in the coordinator's spec (a
     /// partial stop removes some), in spec order.
     dests: Vec<usize>,
-    control: std::sync::mpsc::Sender<Control>,
+    control: Controller,
     status: Arc<TaskStatus>,
     /// Cancels the task's downloads.
     cancel: CancellationToken,
@@ -133,7 +134,7 @@ type Key = (String, u64);
 
 pub(crate) struct Fleet {
     cfg: FleetConfig,
-    media: Config,
+    engine: Engine,
     tasks: Mutex<HashMap<Key, Running>>,
     leases: Mutex<Leases>,
     outbox: Outbox,
@@ -155,12 +156,12 @@ pub(crate) struct Fleet {
 }
 
 impl Fleet {
-    fn new(media: Config, cfg: FleetConfig) -> Arc<Fleet> {
+    fn new(engine: Engine, cfg: FleetConfig) -> Arc<Fleet> {
         let (outbox, outbox_rx) = Outbox::new();
         let fleet = Arc::new(Fleet {
             leases: Mutex::new(Leases::new(cfg.lease_ttl, FENCE_MARGIN)),
             cfg,
-            media,
+            engine,
             tasks: Mutex::new(HashMap::new()),
             outbox,
             bus: watch::channel(None).0,
@@ -217,7 +218,7 @@ impl Fleet {
     fn refresh_gauges(&self) {
         let m = metrics::get();
         let tasks = self.tasks();
-        m.streams_active.set(tasks.len() as i64);
+        vodfleet_engine::metrics::get().streams_active.set(tasks.len() as i64);
         m.free_slots
             .set(self.cfg.slots.saturating_sub(tasks.len()) as i64);
         let lag = tasks
@@ -225,7 +226,9 @@ impl Fleet {
             .map(|r| r.status.lag_ms.load(Ordering::Relaxed))
             .max()
             .unwrap_or(0);
-        m.lag_seconds.set(lag as f64 / 1000.0);
+        vodfleet_engine::metrics::get()
+            .lag_seconds
+            .set(lag as f64 / 1000.0);
     }
 
     /// Starts the task of a work order (its delivery is already acked).
@@ -260,49 +263,23 @@ impl Fleet {
             return;
         }
         let cancel = self.shutdown.child_token();
-        let sources = match Sources::new(
-            &self.media,
-            &task_id,
-            cancel.clone(),
-            tokio::runtime::Handle::current(),
-        ) {
-            Ok(s) => s,
+        let handle = match self.engine.start(Start {
+            spec: spec.clone(),
+            resume,
+            resume_estimated,
+            cancel: cancel.clone(),
+        }) {
+            Ok(h) => h,
             Err(e) => {
-                tracing::error!(task.id = %task_id, error = %e, "cache directory unusable");
+                tracing::error!(task.id = %task_id, epoch, error = %e, "cannot start the task");
                 self.leases().release(&task_id, epoch);
-                let msg = format!("worker cache directory: {e}");
                 let key = (task_id, epoch);
                 self.outbox
-                    .send(self.finished(&key, resume.unwrap_or_default(), Some(msg)));
+                    .send(self.finished(&key, resume.unwrap_or_default(), Some(e.to_string())));
                 return;
             }
         };
-        let (events, events_rx) = mpsc::unbounded_channel::<Event>();
-        let (control, control_rx) = std::sync::mpsc::channel();
-        let status = Arc::new(TaskStatus::default());
-        let task = Task::new(
-            spec.clone(),
-            self.media.clone(),
-            sources,
-            tokio::runtime::Handle::current(),
-            events,
-            status.clone(),
-            control_rx,
-        )
-        .resume_from(resume)
-        .resume_estimated(resume_estimated);
-        let (done, done_rx) = oneshot::channel::<Outcome>();
         let key: Key = (task_id.clone(), epoch);
-        let spawned = std::thread::Builder::new()
-            .name(format!("task-{task_id}"))
-            .spawn(move || {
-                let _ = done.send(task.run());
-            });
-        if let Err(e) = spawned {
-            tracing::error!(task.id = %task_id, error = %e, "cannot start a task thread");
-            self.leases().release(&task_id, epoch);
-            return;
-        }
         tracing::info!(task.id = %task_id, epoch, resume = ?resume, "task started");
         tasks.insert(
             key.clone(),
@@ -310,15 +287,15 @@ impl Fleet {
                 dests: (0..spec.forwards.len()).collect(),
                 spec,
                 callback_url,
-                control,
-                status,
+                control: handle.control,
+                status: handle.status,
                 cancel,
                 stopping: None,
             },
         );
         drop(tasks);
         self.tracker
-            .spawn(self.clone().supervise(key, events_rx, done_rx));
+            .spawn(self.clone().supervise(key, handle.events, handle.done));
         self.changed.notify_waiters();
         self.beat_now.notify_one();
     }
@@ -331,7 +308,7 @@ impl Fleet {
         }
         r.stopping = Some(reason);
         r.cancel.cancel();
-        let _ = r.control.send(Control::Stop);
+        r.control.send(Control::Stop);
         self.leases().release(&key.0, key.1);
         match reason {
             StopReason::Fenced => {
@@ -388,9 +365,9 @@ impl Fleet {
             }
         }
         let outcome = done.await.unwrap_or_else(|_| Outcome {
-            end: End::Failed(crate::error::WorkerError::Unsupported {
+            end: End::Failed(vodfleet_engine::error::WorkerError::Unsupported {
                 task: task_id.clone(),
-                cause: "media thread panicked".into(),
+                cause: "media pipeline vanished".into(),
             }),
             position: Default::default(),
         });
@@ -507,7 +484,7 @@ impl Fleet {
                     .zip(r.spec.forwards.drain(..))
                     .filter(|(_, f)| !urls.contains(&f.url))
                     .unzip();
-                let _ = r.control.send(Control::StopForwards(urls));
+                r.control.send(Control::StopForwards(urls));
                 if r.spec.forwards.is_empty() {
                     // The task stops itself once it has closed them all.
                     r.stopping = Some(StopReason::Control);
@@ -522,7 +499,7 @@ impl Fleet {
             } => self.with_live(&task_id, epoch, "update", |tasks, key| {
                 let r = tasks.get_mut(&key).expect("live key");
                 r.spec.sources = sources.clone();
-                let _ = r.control.send(Control::Update {
+                r.control.send(Control::Update {
                     sources,
                     wait_current,
                 });

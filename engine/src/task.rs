@@ -175,6 +175,10 @@ impl Task {
         self
     }
 
+    pub fn id(&self) -> &str {
+        &self.spec.id
+    }
+
     pub fn run(mut self) -> Outcome {
         let end = self.play();
         let position = self.status.position();

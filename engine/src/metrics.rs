@@ -1,0 +1,129 @@
+//! The engine's Prometheus metrics and the process's registry (the worker adds
+//! its fleet metrics to the same [`registry`], and serves it on `/metrics`).
+//!
+//! Counted where things happen (destinations, downloads) in both `play` and
+//! `run` modes. Labels are bounded: never a URL, a stream key or a task id.
+
+use prometheus::{Gauge, IntCounter, IntGauge, Registry, TextEncoder};
+use std::sync::OnceLock;
+
+pub struct Metrics {
+    registry: Registry,
+    pub streams_active: IntGauge,
+    pub bytes_sent: IntCounter,
+    pub frames_sent: IntCounter,
+    pub destination_reconnects: IntCounter,
+    pub destination_failures: IntCounter,
+    pub source_download_attempts: IntCounter,
+    pub source_download_failures: IntCounter,
+    pub lag_seconds: Gauge,
+}
+
+/// The process's registry: the engine's metrics and whatever its host adds.
+pub fn registry() -> &'static Registry {
+    &get().registry
+}
+
+/// Registers `m` in the process's registry and returns it (names are unique by construction).
+pub fn register<T: prometheus::core::Collector + Clone + 'static>(m: T) -> T {
+    registry()
+        .register(Box::new(m.clone()))
+        .expect("metric names are unique");
+    m
+}
+
+/// The process's metrics (registered on first use).
+pub fn get() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
+            r.register(Box::new(m.clone()))
+                .expect("metric names are unique");
+            m
+        }
+        let gauge = |name: &str, help: &str| {
+            reg(&registry, IntGauge::new(name, help).expect("valid metric"))
+        };
+        let counter = |name: &str, help: &str| {
+            reg(
+                &registry,
+                IntCounter::new(name, help).expect("valid metric"),
+            )
+        };
+        let m = Metrics {
+            streams_active: gauge(
+                "vodfleet_worker_streams_active",
+                "Tasks streaming on this worker.",
+            ),
+            bytes_sent: counter(
+                "vodfleet_worker_bytes_sent_total",
+                "Media payload bytes written to destinations (each destination counts).",
+            ),
+            frames_sent: counter(
+                "vodfleet_worker_frames_sent_total",
+                "Video frames written to destinations (each destination counts).",
+            ),
+            destination_reconnects: counter(
+                "vodfleet_worker_destination_reconnects_total",
+                "Connection attempts to a destination after its first one.",
+            ),
+            destination_failures: counter(
+                "vodfleet_worker_destination_failures_total",
+                "Destinations given up after their reconnect attempts.",
+            ),
+            source_download_attempts: counter(
+                "vodfleet_worker_source_download_attempts_total",
+                "HTTP source download attempts.",
+            ),
+            source_download_failures: counter(
+                "vodfleet_worker_source_download_failures_total",
+                "HTTP source download attempts that failed.",
+            ),
+            lag_seconds: reg(
+                &registry,
+                Gauge::new(
+                    "vodfleet_worker_lag_seconds",
+                    "How far behind real time the most delayed task is.",
+                )
+                .expect("valid metric"),
+            ),
+            registry,
+        };
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn renders_every_metric_by_its_exact_name() {
+        let text = super::get().render();
+        for name in [
+            "vodfleet_worker_streams_active",
+            "vodfleet_worker_bytes_sent_total",
+            "vodfleet_worker_frames_sent_total",
+            "vodfleet_worker_destination_reconnects_total",
+            "vodfleet_worker_destination_failures_total",
+            "vodfleet_worker_source_download_attempts_total",
+            "vodfleet_worker_source_download_failures_total",
+            "vodfleet_worker_lag_seconds",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} missing from:\n{text}"
+            );
+        }
+    }
+}

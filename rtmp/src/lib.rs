@@ -1,0 +1,1 @@
+//! RTMP publisher (being written).
