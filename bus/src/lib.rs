@@ -222,6 +222,32 @@ impl Bus {
     pub async fn close(&self) {
         let _ = self.conn.close(200, "bye").await;
     }
+
+    /// Closes the connection and waits, within `timeout`, until lapin's I/O
+    /// thread has ended, so the runtime it uses can be shut down after this
+    /// without that thread logging a reactor error. Clones of the `Arc` held
+    /// elsewhere are waited for (they are dropped as their holders see the
+    /// link gone); if they outlive `timeout`, the connection is only closed.
+    pub async fn shutdown(self: std::sync::Arc<Self>, timeout: Duration) {
+        let until = tokio::time::Instant::now() + timeout;
+        let _ = tokio::time::timeout_at(until, self.close()).await;
+        let mut me = self;
+        let bus = loop {
+            match std::sync::Arc::try_unwrap(me) {
+                Ok(bus) => break bus,
+                Err(shared) if tokio::time::Instant::now() < until => {
+                    me = shared;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(_) => return,
+            }
+        };
+        let Bus { conn, publisher } = bus;
+        drop(publisher);
+        // `run` joins the I/O thread, which ends once the connection is closed.
+        let io = tokio::task::spawn_blocking(move || conn.run());
+        let _ = tokio::time::timeout_at(until, io).await;
+    }
 }
 
 /// Persistent JSON message properties.

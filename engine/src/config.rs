@@ -27,6 +27,12 @@ pub struct Config {
     pub destination_queue: usize,
     /// `VODFLEET_INITIAL_BURST_MS`: media sent ahead of real time at start so players begin at once.
     pub initial_burst: Duration,
+    /// `VODFLEET_ENGINE_THREADS`: event-loop shards that carry the copy-mode
+    /// streams and their destinations; the number of cores by default.
+    pub engine_threads: usize,
+    /// `VODFLEET_DESTINATION_CA_FILE`: a PEM file of extra CA certificates that
+    /// `rtmps://` destinations may chain to (private CAs), besides the system's.
+    pub destination_ca_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -53,6 +59,16 @@ impl Config {
             retry_backoff: ms("VODFLEET_RETRY_BACKOFF_MS", 1_000)?,
             destination_queue: num(&get, "VODFLEET_DESTINATION_QUEUE", 512)?.max(16) as usize,
             initial_burst: ms("VODFLEET_INITIAL_BURST_MS", 1_000)?,
+            engine_threads: num(
+                &get,
+                "VODFLEET_ENGINE_THREADS",
+                std::thread::available_parallelism().map_or(2, |n| n.get()) as u64,
+            )?
+            .clamp(1, 256) as usize,
+            destination_ca_file: get("VODFLEET_DESTINATION_CA_FILE")
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
         })
     }
 }

@@ -1,78 +1,93 @@
-//! Destinations: one thread and one bounded queue each (DESIGN §5).
+//! Destinations: one async task and one bounded queue each, on the task's
+//! event-loop shard (docs/ARCHITECTURE.md, "Threads and waiting").
 //!
-//! The media thread *offers* every packet to every destination and never waits:
-//! a destination whose queue is full (slow network, stalled server) loses
-//! packets up to the next keyframe, so it resumes with something decodable and
-//! the others are never held back. Each destination reconnects on its own with
-//! backoff; after the configured number of failed attempts it gives up, reports
-//! `failed`, and the task goes on for the rest.
+//! The fan-out *offers* every frame to every destination and never waits: a
+//! destination whose queue is full (slow network, stalled server) loses frames
+//! up to the next keyframe, so it resumes with something decodable and the
+//! others are never held back. A destination writes everything a wake-up
+//! brought in one vectored write. It reconnects on its own with backoff; a
+//! publish the server refuses (bad name, already publishing, denied) is not
+//! retried; after the configured number of failed attempts it gives up,
+//! reports `failed`, and the task goes on for the rest.
 
 use crate::config::Config;
 use crate::event::{DestinationStatus, Event, Events};
-use crate::media::{Interrupt, Muxer, OutPacket, SharedParams};
+use crate::frame::{header_tag, Frame, Header, Tracks};
 use crate::metrics;
 use crate::timeline::Track;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use vodfleet_proto::fleet::DestinationState;
 use vodfleet_proto::redact;
+use vodfleet_rtmp::publish::{PublishOptions, Publisher};
+use vodfleet_rtmp::url::Target;
+use vodfleet_rtmp::{ErrorKind, RtmpError};
 
-/// Codec configuration of the output tracks, as the first FLV header states it.
-#[derive(Clone)]
-pub struct StreamSetup {
-    pub video: Option<SharedParams>,
-    pub audio: Option<SharedParams>,
-}
+/// Frames a wake-up takes from the queue at most (one vectored write).
+const BATCH: usize = 64;
 
-/// The media thread's side of a destination.
+/// The fan-out's side of a destination.
 pub struct Destination {
-    tx: Option<SyncSender<Arc<OutPacket>>>,
-    /// Set after a dropped packet: nothing more is queued until a keyframe.
+    tx: Option<mpsc::Sender<Frame>>,
+    /// Set after a dropped frame: nothing more is queued until a keyframe.
     resync: bool,
     video: bool,
     pub status: Arc<DestinationStatus>,
-    interrupt: Arc<Interrupt>,
-    thread: Option<JoinHandle<()>>,
+    /// Ends the session at once (no drain).
+    stop: CancellationToken,
+    join: Option<JoinHandle<()>>,
+}
+
+/// Everything a destination needs to (re)start its session.
+pub struct Setup {
+    pub tracks: Tracks,
+    /// The sequence headers in force when the output opened.
+    pub headers: [Option<Arc<Header>>; 2],
+    pub publish: PublishOptions,
 }
 
 impl Destination {
+    /// Starts the destination on the current shard (a `LocalSet`).
     pub fn spawn(
+        task_id: &str,
         index: usize,
         url: &str,
-        setup: StreamSetup,
+        setup: Arc<Setup>,
         cfg: &Config,
         events: Events,
     ) -> Destination {
-        let (tx, rx) = mpsc::sync_channel(cfg.destination_queue);
+        let (tx, rx) = mpsc::channel(cfg.destination_queue);
         let status = Arc::new(DestinationStatus::new());
-        let interrupt = Interrupt::new();
-        let video = setup.video.is_some();
-        let worker = Sender {
+        let stop = CancellationToken::new();
+        let video = setup.tracks.video;
+        let sender = Sender {
             index,
             url: url.to_owned(),
             shown: redact::destination(url),
+            current: setup.headers.clone(),
             setup,
             timeout: cfg.destination_timeout,
             attempts: cfg.destination_attempts,
             backoff: cfg.retry_backoff,
             status: status.clone(),
-            interrupt: interrupt.clone(),
+            stop: stop.clone(),
             events,
         };
-        let thread = std::thread::Builder::new()
-            .name(format!("dest-{index}"))
-            .spawn(move || worker.run(rx))
-            .expect("spawning a destination thread");
+        let span = tracing::info_span!("destination", task.id = %task_id, dest.index = index);
+        let join = tokio::task::spawn_local(sender.run(rx).instrument(span));
         Destination {
             tx: Some(tx),
             resync: false,
             video,
             status,
-            interrupt,
-            thread: Some(thread),
+            stop,
+            join: Some(join),
         }
     }
 
@@ -85,26 +100,26 @@ impl Destination {
             resync: false,
             video: false,
             status,
-            interrupt: Interrupt::new(),
-            thread: None,
+            stop: CancellationToken::new(),
+            join: None,
         }
     }
 
-    /// Queues `p` if there is room; never blocks.
-    pub fn offer(&mut self, p: &Arc<OutPacket>) {
+    /// Queues `f` if there is room; never waits.
+    pub fn offer(&mut self, f: &Frame) {
         let Some(tx) = &self.tx else { return };
-        let resync_point = p.key && (p.track == Track::Video || !self.video);
+        let resync_point = f.key && (f.track == Track::Video || !self.video);
         if self.resync && !resync_point {
             self.status.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        match tx.try_send(p.clone()) {
+        match tx.try_send(f.clone()) {
             Ok(()) => self.resync = false,
             Err(TrySendError::Full(_)) => {
                 self.resync = true;
                 self.status.dropped.fetch_add(1, Ordering::Relaxed);
             }
-            Err(TrySendError::Disconnected(_)) => self.tx = None,
+            Err(TrySendError::Closed(_)) => self.tx = None,
         }
     }
 
@@ -113,52 +128,56 @@ impl Destination {
         self.tx.is_some()
     }
 
-    /// Ends the stream after what is queued has been sent (`drain`), or at once.
-    pub fn close(mut self, drain: bool) {
-        self.end(drain);
+    /// Ends the stream after what is queued has been sent (`drain`), or at
+    /// once, and waits until its connection is closed.
+    pub async fn close(mut self, drain: bool) {
+        if !drain {
+            self.stop.cancel();
+        }
+        self.tx = None;
+        if let Some(j) = self.join.take() {
+            let _ = j.await;
+        }
     }
 
     /// Ends the stream at once while the task goes on (it reports `stopped`).
     pub fn halt(&mut self) {
-        self.end(false);
-    }
-
-    fn end(&mut self, drain: bool) {
-        if !drain {
-            self.interrupt.stop();
-        }
+        self.stop.cancel();
         self.tx = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
-/// The destination thread's side.
+/// The destination task's side.
 struct Sender {
     index: usize,
     url: String,
     shown: String,
-    setup: StreamSetup,
+    setup: Arc<Setup>,
+    /// The newest sequence headers seen, sent first on every (re)connect.
+    current: [Option<Arc<Header>>; 2],
     timeout: Duration,
     attempts: u32,
     backoff: Duration,
     status: Arc<DestinationStatus>,
-    interrupt: Arc<Interrupt>,
+    stop: CancellationToken,
     events: Events,
 }
 
 enum Session {
-    /// The task ended: nothing more to send.
+    /// The task ended or stopped this destination: nothing more to send.
     Done,
     /// The connection broke; try again.
-    Broken(String),
+    Broken(RtmpError),
 }
 
 impl Sender {
-    fn run(self, rx: Receiver<Arc<OutPacket>>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Frame>) {
+        let target = match Target::parse(&self.url) {
+            Ok(t) => t,
+            Err(e) => return self.give_up(1, &e),
+        };
         let mut failures = 0u32;
-        let mut last_error = None;
+        let mut last_error: Option<String> = None;
         loop {
             let state = if failures == 0 {
                 DestinationState::Connecting
@@ -167,116 +186,130 @@ impl Sender {
                 DestinationState::Reconnecting
             };
             self.report(state, failures + 1, last_error.clone());
-            match Muxer::connect(
-                &self.url,
-                self.setup.video.as_ref(),
-                self.setup.audio.as_ref(),
-                self.interrupt.clone(),
-                self.timeout,
-            ) {
-                Ok(muxer) => {
+            let connect = tokio::select! {
+                r = Publisher::connect(&target, &self.setup.publish) => Some(r),
+                _ = self.stop.cancelled() => None,
+            };
+            match connect {
+                None => return self.report(DestinationState::Stopped, 0, None),
+                Some(Ok(publisher)) => {
                     self.report(DestinationState::Live, 1, None);
-                    match self.stream(muxer, &rx) {
-                        Session::Done => {
-                            self.report(DestinationState::Stopped, 0, None);
-                            return;
-                        }
-                        // A write cut short because the task is stopping is not a failure.
-                        Session::Broken(_) if self.interrupt.stopped() => {
-                            self.report(DestinationState::Stopped, 0, None);
-                            return;
-                        }
+                    match self.stream(publisher, &mut rx).await {
+                        Session::Done => return self.report(DestinationState::Stopped, 0, None),
                         Session::Broken(e) => {
-                            tracing::warn!(destination = %self.shown, dest.index = self.index, error = %e, "destination connection broke; reconnecting");
+                            tracing::warn!(destination = %self.shown, error = %e, "destination connection broke; reconnecting");
                             failures = 1;
-                            last_error = Some(e);
+                            last_error = Some(e.to_string());
                         }
                     }
                 }
-                Err(e) => {
+                Some(Err(e)) if e.kind() == ErrorKind::Refused => {
+                    // The server said no: asking again would get the same answer.
+                    return self.give_up(failures + 1, &e);
+                }
+                Some(Err(e)) => {
                     failures += 1;
-                    last_error = Some(e);
+                    last_error = Some(e.to_string());
+                    if failures >= self.attempts {
+                        return self.give_up(failures, &e);
+                    }
                 }
             }
-            if self.interrupt.stopped() {
-                self.report(DestinationState::Stopped, 0, None);
-                return;
-            }
-            if failures >= self.attempts {
-                let e = last_error.clone().unwrap_or_default();
-                tracing::error!(destination = %self.shown, dest.index = self.index, attempts = failures, error = %e, "destination failed; the task goes on without it");
-                metrics::get().destination_failures.inc();
-                self.report(DestinationState::Failed, failures, last_error);
-                return; // dropping `rx` tells the media thread we are gone
-            }
-            // Back off, discarding what arrives meanwhile: the next session starts at a keyframe.
+            // Back off, discarding what arrives meanwhile (keeping the newest
+            // configuration): the next session starts at a keyframe.
             let until = Instant::now() + self.backoff * 2u32.saturating_pow(failures - 1);
             loop {
-                let now = Instant::now();
-                if now >= until {
-                    break;
-                }
-                match rx.recv_timeout(until - now) {
-                    Ok(_) => {
-                        self.status.dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => {
-                        self.report(DestinationState::Stopped, 0, None);
-                        return;
-                    }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => break,
+                    _ = self.stop.cancelled() => return self.report(DestinationState::Stopped, 0, None),
+                    f = rx.recv() => match f {
+                        Some(f) => {
+                            self.note_config(&f);
+                            self.status.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        None => return self.report(DestinationState::Stopped, 0, None),
+                    },
                 }
             }
         }
     }
 
-    fn stream(&self, mut muxer: Muxer, rx: &Receiver<Arc<OutPacket>>) -> Session {
-        // What the last sequence header sent for each track said.
-        let mut sent: [Option<Vec<u8>>; 2] = [
-            self.setup.video.as_ref().map(|p| p.extradata().to_vec()),
-            self.setup.audio.as_ref().map(|p| p.extradata().to_vec()),
-        ];
+    /// One session: metadata and sequence headers, then frames as they come,
+    /// each wake-up's worth in one write.
+    async fn stream(&mut self, mut p: Publisher, rx: &mut mpsc::Receiver<Frame>) -> Session {
+        let mut sent: [Option<Arc<Header>>; 2] = [None, None];
         let mut started = false;
-        while let Ok(p) = rx.recv() {
-            if !started && p.track == Track::Video {
-                // Video must open on a keyframe or players show garbage until the next one.
-                // Audio needs no such gate, and encoders may deliver it first.
-                if !p.key {
-                    self.status.dropped.fetch_add(1, Ordering::Relaxed);
-                    continue;
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            let n = tokio::select! {
+                n = rx.recv_many(&mut batch, BATCH) => n,
+                _ = self.stop.cancelled() => return Session::Done,
+            };
+            if n == 0 {
+                break; // the task ended: what was queued is sent
+            }
+            let mut bytes = 0u64;
+            let mut frames = 0u64;
+            for f in batch.drain(..) {
+                self.note_config(&f);
+                if !started {
+                    // Video must open on a keyframe or players show garbage until the next one.
+                    if f.track == Track::Video && !f.key {
+                        self.status.dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    started = true;
+                    p.queue(&vodfleet_rtmp::publish::Tag {
+                        kind: vodfleet_rtmp::publish::TagKind::Data,
+                        timestamp_ms: f.dts_ms as u32,
+                        payload: self.setup.tracks.metadata.clone(),
+                    });
                 }
-                started = true;
+                let t = f.track as usize;
+                if let Some(h) = &self.current[t] {
+                    if !sent[t].as_ref().is_some_and(|s| Arc::ptr_eq(s, h)) {
+                        p.queue(&header_tag(f.track, h, f.dts_ms));
+                        sent[t] = Some(h.clone());
+                    }
+                }
+                p.queue(&f.tag());
+                bytes += f.body.len() as u64;
+                frames += (f.track == Track::Video) as u64;
             }
-            let t = p.track as usize;
-            let changed = match (&p.config, &sent[t]) {
-                (Some(c), Some(s)) => c.as_slice() != s.as_slice(),
-                (Some(_), None) => true,
-                _ => false,
+            let flushed = tokio::select! {
+                r = tokio::time::timeout(self.timeout, p.flush()) => r,
+                _ = self.stop.cancelled() => return Session::Done,
             };
-            let extra = if changed {
-                p.config.as_deref().map(|c| c.as_slice())
-            } else {
-                None
-            };
-            if let Err(e) = muxer.write(&p, extra, self.timeout) {
-                return Session::Broken(e);
+            match flushed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Session::Broken(e),
+                Err(_) => {
+                    return Session::Broken(RtmpError::TimedOut {
+                        stage: "flush",
+                        after: self.timeout,
+                    })
+                }
             }
-            if changed {
-                sent[t] = p.config.as_deref().cloned();
-            }
-            self.status
-                .bytes
-                .fetch_add(p.packet.size() as u64, Ordering::Relaxed);
+            self.status.bytes.fetch_add(bytes, Ordering::Relaxed);
             let m = metrics::get();
-            m.bytes_sent.inc_by(p.packet.size() as u64);
-            if p.track == Track::Video {
-                m.frames_sent.inc();
-            }
+            m.bytes_sent.inc_by(bytes);
+            m.frames_sent.inc_by(frames);
         }
-        if !self.interrupt.stopped() {
-            muxer.finish(self.timeout);
-        }
+        p.close(self.timeout).await;
         Session::Done
+    }
+
+    /// Keeps the newest configuration a frame carries.
+    fn note_config(&mut self, f: &Frame) {
+        if let Some(c) = &f.config {
+            self.current[f.track as usize] = Some(c.clone());
+        }
+    }
+
+    fn give_up(&self, attempts: u32, e: &RtmpError) {
+        tracing::error!(destination = %self.shown, attempts, error = %e, kind = ?e.kind(), "destination failed; the task goes on without it");
+        metrics::get().destination_failures.inc();
+        self.report(DestinationState::Failed, attempts, Some(e.to_string()));
     }
 
     fn report(&self, state: DestinationState, attempt: u32, error: Option<String>) {

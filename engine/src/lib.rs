@@ -12,10 +12,13 @@ pub mod cut;
 pub mod destination;
 pub mod error;
 pub mod event;
+pub mod frame;
 pub mod media;
 pub mod metrics;
+pub mod output;
 pub mod pacer;
 pub mod plan;
+pub mod shard;
 pub mod source;
 pub mod task;
 pub mod timeline;
@@ -24,17 +27,20 @@ use config::Config;
 use error::WorkerError;
 use event::{Event, TaskStatus};
 use std::sync::Arc;
-use task::{Control, End, Outcome, Task};
+use task::{Control, End, Outcome, Parts, Placement, Ran, Task};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use vodfleet_proto::{Position, TaskSpec};
+use vodfleet_rtmp::publish::PublishOptions;
 
-/// The engine of one process: its configuration and the runtime that does its
-/// downloads. Cheap to clone.
+/// The engine of one process: its configuration, its event-loop shards and
+/// the runtime that does its downloads. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
     cfg: Config,
     rt: tokio::runtime::Handle,
+    shards: Arc<shard::Shards>,
+    publish: PublishOptions,
 }
 
 /// What to start.
@@ -65,7 +71,7 @@ pub struct TaskHandle {
 /// Sends [`Control`] orders to one task. Sending never blocks; orders to a
 /// task that has ended are dropped.
 #[derive(Clone)]
-pub struct Controller(std::sync::mpsc::Sender<Control>);
+pub struct Controller(mpsc::UnboundedSender<Control>);
 
 impl Controller {
     pub fn send(&self, c: Control) {
@@ -74,15 +80,37 @@ impl Controller {
 }
 
 impl Engine {
-    /// `rt` runs downloads and other async work of the tasks; libav* is
-    /// initialised here once per process.
-    pub fn new(cfg: Config, rt: tokio::runtime::Handle) -> Engine {
+    /// `rt` runs the tasks' downloads; the media runs on the engine's own
+    /// shards (`VODFLEET_ENGINE_THREADS` of them). libav* is initialised here
+    /// once per process. Fails on an unusable configuration (the message names
+    /// the variable).
+    pub fn new(cfg: Config, rt: tokio::runtime::Handle) -> Result<Engine, String> {
         media::init();
-        Engine { cfg, rt }
+        let tls = vodfleet_rtmp::TlsRoots::new(cfg.destination_ca_file.as_deref())
+            .map_err(|e| format!("VODFLEET_DESTINATION_CA_FILE: {e}"))?;
+        let publish = PublishOptions {
+            timeout: cfg.destination_timeout,
+            tls: Some(Arc::new(tls)),
+            ..PublishOptions::default()
+        };
+        let shards = shard::Shards::new(cfg.engine_threads)
+            .map_err(|e| format!("cannot start the engine's threads: {e}"))?;
+        Ok(Engine {
+            cfg,
+            rt,
+            shards: Arc::new(shards),
+            publish,
+        })
     }
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// The worst lateness of an event-loop wake-up since the last call: how
+    /// long a stream may wait for its turn on a busy shard.
+    pub fn take_loop_delay(&self) -> std::time::Duration {
+        self.shards.take_delay()
     }
 
     /// Starts a task. Fails only when the task cannot be set up at all (its
@@ -92,41 +120,24 @@ impl Engine {
         let sources = source::Sources::new(&self.cfg, &task_id, s.cancel, self.rt.clone())
             .map_err(|e| WorkerError::Unsupported {
                 task: task_id.clone(),
-                cause: format!(
-                    "cache directory {}: {e}",
-                    self.cfg.cache_dir.display()
-                ),
+                cause: format!("cache directory {}: {e}", self.cfg.cache_dir.display()),
             })?;
         let (events, events_rx) = mpsc::unbounded_channel::<Event>();
-        let (control, control_rx) = std::sync::mpsc::channel();
+        let (control, control_rx) = mpsc::unbounded_channel();
         let status = Arc::new(TaskStatus::default());
-        let task = Task::new(
-            s.spec,
-            self.cfg.clone(),
+        let parts = Parts {
+            cfg: self.cfg.clone(),
             sources,
-            self.rt.clone(),
             events,
-            status.clone(),
-            control_rx,
-        )
-        .resume_from(s.resume)
-        .resume_estimated(s.resume_estimated);
+            status: status.clone(),
+            control: control_rx,
+            publish: self.publish.clone(),
+        };
+        let task = Task::new(s.spec, parts)
+            .resume_from(s.resume)
+            .resume_estimated(s.resume_estimated);
         let (done, done_rx) = oneshot::channel::<Outcome>();
-        let panicked = status.clone();
-        std::thread::Builder::new()
-            .name(format!("task-{task_id}"))
-            .spawn(move || {
-                let id = task.id().to_owned();
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run()))
-                    .unwrap_or_else(|_| Outcome {
-                        end: End::Failed(WorkerError::Unsupported {
-                            task: id,
-                            cause: "media pipeline panicked".into(),
-                        }),
-                        position: panicked.position(),
-                    });
-                let _ = done.send(outcome);
-            })
+        self.launch(task, done)
             .map_err(|e| WorkerError::Unsupported {
                 task: task_id.clone(),
                 cause: format!("cannot start a media thread: {e}"),
@@ -137,5 +148,49 @@ impl Engine {
             events: events_rx,
             done: done_rx,
         })
+    }
+
+    /// Runs a task where its placement says, and reports its outcome on `done`.
+    fn launch(&self, task: Task, done: oneshot::Sender<Outcome>) -> std::io::Result<()> {
+        match task.placement() {
+            Placement::Shard => {
+                let engine = self.clone();
+                self.shards.spawn(Box::new(move || {
+                    Box::pin(async move {
+                        match task.run().await {
+                            Ran::Over(outcome) => {
+                                let _ = done.send(outcome);
+                            }
+                            Ran::Migrate(mut task) => {
+                                task.dedicate();
+                                let id = task.id().to_owned();
+                                if let Err(e) = engine.launch(*task, done) {
+                                    tracing::error!(task.id = %id, error = %e, "cannot start a media thread");
+                                }
+                            }
+                        }
+                    })
+                }));
+                Ok(())
+            }
+            Placement::Dedicated => {
+                let name = format!("task-{}", task.id());
+                shard::dedicated(name, move || async move {
+                    let status = task.status().clone();
+                    let id = task.id().to_owned();
+                    let outcome = match task.run().await {
+                        Ran::Over(o) => o,
+                        Ran::Migrate(_) => Outcome {
+                            end: End::Failed(WorkerError::Unsupported {
+                                task: id,
+                                cause: "a dedicated task asked to move".into(),
+                            }),
+                            position: status.position(),
+                        },
+                    };
+                    let _ = done.send(outcome);
+                })
+            }
+        }
     }
 }

@@ -144,7 +144,13 @@ fn play(
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let engine = Engine::new(cfg, rt.handle().clone());
+    let engine = match Engine::new(cfg, rt.handle().clone()) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let cancel = CancellationToken::new();
     let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut statuses = Vec::new();

@@ -13,6 +13,8 @@ pub struct FleetMetrics {
     pub heartbeats: IntCounter,
     /// By `reason`: `expired` (no renewal within the lease TTL) or `revoked`.
     pub fenced: IntCounterVec,
+    /// `vodfleet_worker_shed_total`: tasks released because the worker was overloaded.
+    pub shed: IntCounter,
 }
 
 /// The fleet's metrics (registered on first use).
@@ -31,6 +33,13 @@ pub fn get() -> &'static FleetMetrics {
                 IntCounter::new(
                     "vodfleet_worker_heartbeats_total",
                     "Heartbeats published (confirmed by RabbitMQ).",
+                )
+                .expect("valid metric"),
+            ),
+            shed: register(
+                IntCounter::new(
+                    "vodfleet_worker_shed_total",
+                    "Tasks released with their position because this worker was overloaded.",
                 )
                 .expect("valid metric"),
             ),
@@ -63,6 +72,7 @@ mod tests {
             "vodfleet_worker_free_slots",
             "vodfleet_worker_heartbeats_total",
             "vodfleet_worker_fenced_total",
+            "vodfleet_worker_shed_total",
             "vodfleet_worker_streams_active",
         ] {
             assert!(

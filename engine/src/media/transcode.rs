@@ -8,9 +8,8 @@
 //! before it. Audio is resampled to 44.1 kHz stereo and kept in step with the
 //! timeline: silence fills gaps, samples that would run ahead are dropped.
 
-use super::{OutPacket, SharedParams};
-use crate::destination::StreamSetup;
-use crate::task::Segment;
+use super::{OutPacket, SharedParams, StreamSetup};
+use crate::plan::Segment;
 use crate::timeline::{Timeline, Track};
 use ff::format::{Pixel, Sample};
 use ff::util::channel_layout::ChannelLayout;
@@ -497,7 +496,6 @@ fn receive(
                     key,
                     pts_us: pts,
                     dts_us: dts,
-                    config: None,
                 });
             }
             Err(ff::Error::Other { errno }) if errno == ff::util::error::EAGAIN => return Ok(()),

@@ -41,7 +41,8 @@ pub async fn run(fleet: Arc<Fleet>) {
         let lost = session(&fleet, bus.clone()).await;
         fleet.bus.send_replace(None);
         fleet.consuming.store(false, Ordering::Relaxed);
-        let _ = tokio::time::timeout(Duration::from_secs(1), bus.close()).await;
+        // Joins lapin's I/O thread, so nothing of it outlives the runtime.
+        bus.shutdown(Duration::from_secs(2)).await;
         match lost {
             Ok(()) => return,
             Err(e) => tracing::warn!(error = %e, "RabbitMQ link lost; streams go on, reconnecting"),
@@ -147,6 +148,11 @@ async fn intake(fleet: &Arc<Fleet>, ch: &Channel) -> Result<(), Lost> {
         loop {
             let delivery = tokio::select! {
                 d = orders.next() => d,
+                _ = fleet.became_full.notified() => {
+                    ch.basic_cancel(&tag, BasicCancelOptions::default()).await?;
+                    fleet.consuming.store(false, Ordering::Relaxed);
+                    break;
+                }
                 _ = fleet.draining.cancelled() => {
                     ch.basic_cancel(&tag, BasicCancelOptions::default()).await?;
                     fleet.consuming.store(false, Ordering::Relaxed);

@@ -11,6 +11,7 @@
 //! link reconnects with backoff, and only the fence (no renewal for the lease
 //! TTL) stops them.
 
+mod capacity;
 mod lease;
 mod link;
 
@@ -53,7 +54,13 @@ pub fn run() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let engine = Engine::new(cfg, rt.handle().clone());
+    let engine = match Engine::new(cfg, rt.handle().clone()) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
     rt.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(fleet_cfg.http_addr).await {
             Ok(l) => l,
@@ -113,6 +120,8 @@ enum StopReason {
     Fenced,
     /// A newer epoch of the same task came to this worker.
     Superseded,
+    /// The worker is overloaded: released with its position, for a worker with room.
+    Shed,
 }
 
 /// One task on this worker.
@@ -127,6 +136,8 @@ struct Running {
     /// Cancels the task's downloads.
     cancel: CancellationToken,
     stopping: Option<StopReason>,
+    /// When it started here (an overloaded worker sheds its newest task first).
+    started: Instant,
 }
 
 /// (task id, epoch)
@@ -147,6 +158,10 @@ pub(crate) struct Fleet {
     beat_seq: AtomicU64,
     /// Whether the work consumer is active (for `/readyz`).
     consuming: AtomicBool,
+    /// The load says: take no more work ([`capacity`]).
+    full: AtomicBool,
+    /// `full` was set: the intake cancels its consumer at once.
+    became_full: Notify,
     draining: CancellationToken,
     /// Ends the loops (heartbeat, fence, outbox, HTTP) and the tasks' downloads.
     shutdown: CancellationToken,
@@ -169,6 +184,8 @@ impl Fleet {
             beat_now: Notify::new(),
             beat_seq: AtomicU64::new(0),
             consuming: AtomicBool::new(false),
+            full: AtomicBool::new(false),
+            became_full: Notify::new(),
             draining: CancellationToken::new(),
             shutdown: CancellationToken::new(),
             disconnect: CancellationToken::new(),
@@ -183,6 +200,7 @@ impl Fleet {
     fn start_loops(self: &Arc<Self>, listener: tokio::net::TcpListener) {
         self.tracker.spawn(self.clone().heartbeat());
         self.tracker.spawn(self.clone().fence_watch());
+        self.tracker.spawn(self.clone().watch_load());
         let (ready, refresh) = (self.clone(), self.clone());
         let probes = crate::http::Probes {
             ready: Arc::new(move || ready.is_ready()),
@@ -200,7 +218,11 @@ impl Fleet {
         self.leases.lock().expect("leases lock")
     }
 
+    /// Slots for new work: none while the load says the worker is full.
     fn free_slots(&self) -> usize {
+        if self.full.load(Ordering::Relaxed) {
+            return 0;
+        }
         self.cfg.slots.saturating_sub(self.tasks().len())
     }
 
@@ -219,8 +241,12 @@ impl Fleet {
         let m = metrics::get();
         let tasks = self.tasks();
         vodfleet_engine::metrics::get().streams_active.set(tasks.len() as i64);
-        m.free_slots
-            .set(self.cfg.slots.saturating_sub(tasks.len()) as i64);
+        let free = if self.full.load(Ordering::Relaxed) {
+            0
+        } else {
+            self.cfg.slots.saturating_sub(tasks.len())
+        };
+        m.free_slots.set(free as i64);
         let lag = tasks
             .values()
             .map(|r| r.status.lag_ms.load(Ordering::Relaxed))
@@ -291,6 +317,7 @@ impl Fleet {
                 status: handle.status,
                 cancel,
                 stopping: None,
+                started: Instant::now(),
             },
         );
         drop(tasks);
@@ -582,7 +609,11 @@ impl Fleet {
             worker_id: self.cfg.worker_id.clone(),
             seq,
             sent_ms: unix_ms(),
-            free_slots: self.cfg.slots.saturating_sub(tasks.len()) as u32,
+            free_slots: if self.full.load(Ordering::Relaxed) {
+                0
+            } else {
+                self.cfg.slots.saturating_sub(tasks.len()) as u32
+            },
             tasks: beats,
         }
     }
@@ -599,6 +630,59 @@ impl Fleet {
             let expired = self.leases().expired(Instant::now());
             for key in expired {
                 self.stop(&key, StopReason::Fenced);
+            }
+        }
+    }
+
+    /// Samples the load once a second and acts on the verdict ([`capacity`]):
+    /// stop or resume taking work, or release the newest task.
+    async fn watch_load(self: Arc<Self>) {
+        use capacity::{Capacity, CpuSampler, Limits, Load, Verdict};
+        let mut judge = Capacity::new(Limits::default());
+        let mut cpu = CpuSampler::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            let (cpu_share, idle) = cpu.sample();
+            let (tasks, max_lag_ms) = {
+                let tasks = self.tasks();
+                let live = tasks.values().filter(|r| r.stopping.is_none());
+                let lag = live.clone().map(|r| r.status.lag_ms.load(Ordering::Relaxed)).max();
+                (live.count(), lag.unwrap_or(0))
+            };
+            let load = Load {
+                cpu: cpu_share,
+                idle,
+                loop_delay_ms: self.engine.take_loop_delay().as_millis() as u64,
+                max_lag_ms,
+                tasks,
+            };
+            let verdict = judge.judge(&load);
+            let full = verdict != Verdict::Take;
+            if self.full.swap(full, Ordering::Relaxed) != full {
+                tracing::info!(?load, ?verdict, "{}", if full { "at capacity: taking no more work" } else { "room again: taking work" });
+                if full {
+                    self.became_full.notify_waiters();
+                } else {
+                    self.changed.notify_waiters();
+                }
+            }
+            if verdict == Verdict::Shed {
+                let mut tasks = self.tasks();
+                let newest = tasks
+                    .iter()
+                    .filter(|(_, r)| r.stopping.is_none())
+                    .max_by_key(|(_, r)| r.started)
+                    .map(|(k, _)| k.clone());
+                if let Some(key) = newest {
+                    tracing::warn!(task.id = %key.0, epoch = key.1, ?load, "overloaded: releasing the newest task with its position, for a worker with room");
+                    metrics::get().shed.inc();
+                    self.stop_locked(&mut tasks, &key, StopReason::Shed);
+                }
             }
         }
     }

@@ -1,0 +1,145 @@
+//! A task's output once its first item is open: copy or transcode, the one
+//! timeline, the pacer, and the fan-out to the destinations.
+
+use crate::destination::{Destination, Setup};
+use crate::frame::{self, Frame, Header, Tracks};
+use crate::media::transcode::Transcoder;
+use crate::media::{CodecId, OutPacket, SharedParams, StreamSetup};
+use crate::pacer::{Pacer, SystemClock};
+use crate::timeline::{Timeline, Track};
+use ffmpeg_next as ff;
+use std::sync::Arc;
+
+pub enum Mode {
+    Copy,
+    Transcode(Box<Transcoder>),
+}
+
+pub struct Output {
+    pub mode: Mode,
+    pub setup: StreamSetup,
+    pub tracks: Tracks,
+    /// Current sequence header per track (changes at unlike seams in copy mode).
+    pub config: [Option<Arc<Header>>; 2],
+    /// Codec extradata the current headers were made from.
+    extradata: [Vec<u8>; 2],
+    pub timeline: Timeline,
+    pub pacer: Pacer<SystemClock>,
+    pub dests: Vec<Destination>,
+    /// Last DTS sent per track, for encoder output (copy mode goes through the timeline's own guard).
+    pub last_dts: [i64; 2],
+    /// The segment playing now (item, loop, its source origin), for positions in transcode mode.
+    pub playing: (usize, u32, i64),
+}
+
+impl Output {
+    /// The output of `setup` in `mode`, with no destinations yet.
+    pub fn new(
+        mode: Mode,
+        setup: StreamSetup,
+        fps: Option<f64>,
+        timeline_base_us: i64,
+        burst: std::time::Duration,
+    ) -> Result<Output, String> {
+        let (tracks, config) = frame::tracks(setup.video.as_ref(), setup.audio.as_ref(), fps)?;
+        let extradata = [
+            setup.video.as_ref().map(|p| p.extradata().to_vec()).unwrap_or_default(),
+            setup.audio.as_ref().map(|p| p.extradata().to_vec()).unwrap_or_default(),
+        ];
+        Ok(Output {
+            mode,
+            setup,
+            tracks,
+            config,
+            extradata,
+            timeline: Timeline::starting_at(timeline_base_us),
+            pacer: Pacer::new(SystemClock, burst),
+            dests: Vec::new(),
+            last_dts: [-1, -1],
+            playing: (0, 0, 0),
+        })
+    }
+
+    /// What a destination needs to (re)start a session now.
+    pub fn destination_setup(&self, publish: vodfleet_rtmp::publish::PublishOptions) -> Arc<Setup> {
+        Arc::new(Setup {
+            tracks: self.tracks.clone(),
+            headers: self.config.clone(),
+            publish,
+        })
+    }
+
+    /// Checks that an item can be copied into this output, and notes a new
+    /// codec configuration when it differs from the previous item's.
+    pub fn copy_streams(
+        &mut self,
+        input: &ff::format::context::Input,
+        video: Option<usize>,
+        audio: Option<usize>,
+    ) -> Result<(Option<usize>, Option<usize>), String> {
+        let v = self.keep(input, video, Track::Video)?;
+        let a = self.keep(input, audio, Track::Audio)?;
+        if v.is_none() && a.is_none() {
+            return Err("no stream this task's output can carry".into());
+        }
+        Ok((v, a))
+    }
+
+    fn keep(
+        &mut self,
+        input: &ff::format::context::Input,
+        idx: Option<usize>,
+        track: Track,
+    ) -> Result<Option<usize>, String> {
+        let want = match track {
+            Track::Video => self.setup.video.as_ref(),
+            Track::Audio => self.setup.audio.as_ref(),
+        };
+        let (Some(i), Some(want)) = (idx, want) else {
+            return Ok(None);
+        };
+        let p = input.stream(i).expect("stream index from this input").parameters();
+        let what = if track == Track::Video { "video" } else { "audio" };
+        if p.id() != want.codec_id() {
+            return Err(format!(
+                "{what} codec {:?} differs from the stream's {:?}; add fops to transcode mixed playlists",
+                p.id(),
+                want.codec_id()
+            ));
+        }
+        let params = SharedParams(p);
+        let extra = params.extradata();
+        let slot = track as usize;
+        if self.extradata[slot] != extra {
+            self.config[slot] = frame::header(track, params.codec_id(), extra)?;
+            self.extradata[slot] = extra.to_vec();
+        }
+        Ok(Some(i))
+    }
+
+    /// The shared tag of a packet, carrying its track's configuration.
+    pub fn frame(&self, p: &OutPacket) -> Option<Frame> {
+        let mut f = Frame::from_packet(p, &self.tracks)?;
+        f.config = self.config[p.track as usize].clone();
+        Some(f)
+    }
+
+    /// Offers a frame to every destination; false once none is left alive.
+    pub fn fan_out(&mut self, f: &Frame) -> bool {
+        for d in &mut self.dests {
+            d.offer(f);
+        }
+        self.dests.iter().any(|d| d.alive())
+    }
+
+    /// Ends every destination: after what is queued (`drain`) or at once.
+    pub async fn close(self, drain: bool) {
+        futures_util::future::join_all(self.dests.into_iter().map(|d| d.close(drain))).await;
+    }
+}
+
+/// Whether a source's streams can be copied into FLV as they are.
+pub fn copyable(video: Option<&ff::codec::Parameters>, audio: Option<&ff::codec::Parameters>) -> bool {
+    video.is_none_or(|p| p.id() == CodecId::H264)
+        && audio.is_none_or(|p| matches!(p.id(), CodecId::AAC | CodecId::MP3))
+}

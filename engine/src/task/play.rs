@@ -1,0 +1,435 @@
+//! Playing one item: open it, cut it into ranges, demux, place every packet on
+//! the task's timeline, pace it and fan it out.
+
+use super::{Halt, Placement, Task};
+use crate::cut::{self, Gate};
+use crate::destination::Destination;
+use crate::error::WorkerError;
+use crate::event::Event;
+use crate::media::transcode::Transcoder;
+use crate::media::{self, OutPacket, SharedParams, StreamSetup};
+use crate::output::{self, Mode, Output};
+use crate::plan::{self, Played, Segment};
+use crate::timeline::Track;
+use ffmpeg_next as ff;
+use std::time::Instant;
+use vodfleet_proto::command::{Cut, SourceSpec};
+use vodfleet_proto::{redact, Position};
+
+/// How early a packet may leave before its real-time deadline. Far below the
+/// initial burst players already buffer, and it cuts wake-ups per stream by ~3×.
+const PACING_SLACK: std::time::Duration = std::time::Duration::from_millis(40);
+
+/// Decode order runs behind presentation by at most a few frames (B-frames).
+const REORDER_WINDOW_MS: u64 = 500;
+
+impl Task {
+    pub(super) async fn play_item(
+        &mut self,
+        out: &mut Option<Output>,
+        item: usize,
+        pass: u32,
+        spec: &SourceSpec,
+    ) -> Result<Played, Halt> {
+        let task_id = self.spec.id.clone();
+        let media_err = |offset_ms: u64, cause: String| {
+            Halt::Fail(WorkerError::Media {
+                task: task_id.clone(),
+                item,
+                url: redact::source(&spec.url),
+                offset_ms,
+                cause,
+            })
+        };
+        let local = self.sources.local(&spec.url);
+        let path = match self.end_at {
+            None => local.await,
+            Some(end) => tokio::select! {
+                r = local => r,
+                _ = tokio::time::sleep_until(end.into()) => return Err(Halt::End),
+            },
+        };
+        // A stop during the download cancels it: report the stop, not the failure.
+        self.control_pending()?;
+        let path = path.map_err(|e| Halt::Fail((*e).clone()))?;
+        // Opening probes the file: a few reads, off the shard's event loop.
+        let mut input = tokio::task::spawn_blocking(move || media::open_input(&path))
+            .await
+            .map_err(|e| media_err(0, format!("cannot open: {e}")))?
+            .map_err(|e| media_err(0, format!("cannot open: {e}")))?;
+        let video = input.streams().best(ff::media::Type::Video).map(|s| s.index());
+        let audio = input.streams().best(ff::media::Type::Audio).map(|s| s.index());
+        if video.is_none() && audio.is_none() {
+            return Err(media_err(0, "no audio or video stream".into()));
+        }
+        let mut ranges = match &spec.cut {
+            Cut::Whole => plan::whole(),
+            Cut::Relative(r) => r.clone(),
+            Cut::Absolute(_) => {
+                return Err(media_err(
+                    0,
+                    "absofftime needs the recording's start time, which this worker cannot read yet"
+                        .into(),
+                ))
+            }
+        };
+        let resume_ms = self.resume_offset_ms;
+        if let Some(from) = resume_ms {
+            let duration_ms = match input.duration() {
+                d if d > 0 => (d / 1000) as u64, // AV_TIME_BASE = µs
+                _ => u64::MAX,
+            };
+            ranges = plan::resume_ranges(ranges, from, duration_ms);
+            if ranges.is_empty() {
+                self.resume_offset_ms = None;
+                tracing::info!(task.id = %self.spec.id, item, offset_ms = from, "resume offset is past the item's end; going on with the next item");
+                return Ok(Played::Skipped);
+            }
+        }
+        if out.is_none() {
+            *out = Some(self.open_output(&input, video, audio)?);
+        }
+        self.resume_offset_ms = None;
+        let o = out.as_mut().expect("output is open");
+        let _ = self.events.send(Event::ItemStarted {
+            item,
+            loop_index: pass,
+            source: redact::source(&spec.url),
+        });
+        let (video, audio) = match &mut o.mode {
+            Mode::Copy => o.copy_streams(&input, video, audio).map_err(|c| media_err(0, c))?,
+            Mode::Transcode(t) => {
+                t.open_item(&input, video, audio).map_err(|c| media_err(0, c))?;
+                (video, audio)
+            }
+        };
+        // SAFETY: reading a plain field of the format context `input` owns.
+        let start_time = match unsafe { (*input.as_ptr()).start_time } {
+            ff::ffi::AV_NOPTS_VALUE => 0,
+            t => t, // AV_TIME_BASE = µs
+        };
+        for r in ranges {
+            let mut seg = Segment {
+                start: start_time + r.start_ms as i64 * 1000,
+                end: start_time.saturating_add((r.end_ms as i64).saturating_mul(1000)),
+                origin: start_time,
+                item,
+                pass,
+                video,
+                audio,
+            };
+            if r.start_ms > 0 {
+                // The keyframe at or before the cut: copy mode starts there, transcode mode
+                // decodes from there. An estimated resume point takes the nearest keyframe.
+                let mut target = seg.start;
+                if resume_ms.is_some() && std::mem::take(&mut self.resume_nearest) {
+                    if let Some((seek, keyframe)) =
+                        video.and_then(|v| media::nearest_keyframe(&input, v, seg.start))
+                    {
+                        target = seek;
+                        seg.start = keyframe;
+                    }
+                }
+                input
+                    .seek(target, ..target + 1)
+                    .map_err(|e| media_err(r.start_ms, format!("seek failed: {e}")))?;
+            }
+            self.play_segment(&mut input, o, &seg).await.map_err(|h| match h {
+                Halt::Fail(WorkerError::Media { cause, .. }) => media_err(r.start_ms, cause),
+                other => other,
+            })?;
+        }
+        Ok(Played::Yes)
+    }
+
+    fn open_output(
+        &mut self,
+        input: &ff::format::context::Input,
+        video: Option<usize>,
+        audio: Option<usize>,
+    ) -> Result<Output, Halt> {
+        let fail = |cause: String| {
+            Halt::Fail(WorkerError::Unsupported {
+                task: self.spec.id.clone(),
+                cause,
+            })
+        };
+        if self.spec.sources.iter().any(|s| s.watermark.is_some()) {
+            return Err(fail("watermarks are not supported by this worker yet".into()));
+        }
+        let params = |i: Option<usize>| i.and_then(|i| input.stream(i)).map(|s| s.parameters());
+        let fps = video
+            .and_then(|i| input.stream(i))
+            .map(|s| s.avg_frame_rate())
+            .filter(|r| r.1 > 0 && r.0 > 0)
+            .map(|r| r.0 as f64 / r.1 as f64);
+        let copy = self.spec.transcode.is_none()
+            && output::copyable(params(video).as_ref(), params(audio).as_ref());
+        if !copy && self.placement == Placement::Shard {
+            tracing::info!(task.id = %self.spec.id, "the source needs transcoding: moving the task to a thread of its own");
+            return Err(Halt::Migrate);
+        }
+        let (mode, setup) = if copy {
+            let setup = StreamSetup {
+                video: params(video).map(SharedParams),
+                audio: params(audio).map(SharedParams),
+            };
+            (Mode::Copy, setup)
+        } else {
+            let settings = self.spec.transcode.clone().unwrap_or(vodfleet_proto::command::Transcode {
+                width: None,
+                height: None,
+                fps: None,
+                video_kbps: None,
+                vcodec: vodfleet_proto::command::VideoCodec::H264,
+                acodec: vodfleet_proto::command::AudioCodec::Aac,
+            });
+            let t = Transcoder::new(input, video, audio, &settings, self.timeline_base_us())
+                .map_err(|c| self.media_fail(c))?;
+            let setup = t.setup();
+            (Mode::Transcode(Box::new(t)), setup)
+        };
+        let fps = match &self.spec.transcode {
+            Some(t) => t.fps.filter(|f| f.1 > 0).map(|f| f.0 as f64 / f.1 as f64).or(fps),
+            None => fps,
+        };
+        let _ = self.events.send(Event::TaskStarted {
+            task_id: self.spec.id.clone(),
+            mode: if matches!(mode, Mode::Copy) { "copy" } else { "transcode" },
+        });
+        let mut o = Output::new(mode, setup, fps, self.timeline_base_us(), self.cfg.initial_burst)
+            .map_err(|c| self.media_fail(c))?;
+        let setup = o.destination_setup(self.publish.clone());
+        o.dests = self
+            .spec
+            .forwards
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                if self.stop_requested[i] {
+                    // Stopped before the output opened: never connect it.
+                    Destination::stopped()
+                } else {
+                    Destination::spawn(&self.spec.id, i, &f.url, setup.clone(), &self.cfg, self.events.clone())
+                }
+            })
+            .collect();
+        *self.status.destinations.lock().expect("status lock") =
+            o.dests.iter().map(|d| d.status.clone()).collect();
+        Ok(o)
+    }
+
+    fn media_fail(&self, cause: String) -> Halt {
+        Halt::Fail(WorkerError::Media {
+            task: self.spec.id.clone(),
+            item: 0,
+            url: String::new(),
+            offset_ms: 0,
+            cause,
+        })
+    }
+
+    /// Where the output timeline starts (µs): a resumed task goes on from its position.
+    fn timeline_base_us(&self) -> i64 {
+        self.resume
+            .map_or(0, |p| (p.timeline_ms as i64).saturating_mul(1000))
+    }
+
+    /// Plays one range of one item.
+    async fn play_segment(
+        &mut self,
+        input: &mut ff::format::context::Input,
+        o: &mut Output,
+        seg: &Segment,
+    ) -> Result<(), Halt> {
+        let tbs: Vec<ff::Rational> = input.streams().map(|s| s.time_base()).collect();
+        let mut gate: Gate<ff::Packet> =
+            Gate::new(seg.start, seg.end, seg.video.is_some(), seg.audio.is_some());
+        let mut on_air = Vec::new();
+        let transcoding = matches!(o.mode, Mode::Transcode(_));
+        o.playing = (seg.item, seg.pass, seg.origin);
+        if transcoding {
+            // Decoding starts at the keyframe before the cut; frames before the cut are
+            // decoded but dropped, so the output starts exactly at the cut.
+            o.timeline.begin(seg.start, seg.start);
+        }
+        for (stream, packet) in input.packets() {
+            self.control_pending()?;
+            let idx = stream.index();
+            let track = if Some(idx) == seg.video {
+                Track::Video
+            } else if Some(idx) == seg.audio {
+                Track::Audio
+            } else {
+                continue;
+            };
+            let tb = tbs[idx];
+            let us = |v: i64| v * 1_000_000 * tb.0 as i64 / tb.1 as i64;
+            let Some(dts) = packet.dts().or(packet.pts()).map(us) else {
+                continue;
+            };
+            let pts = packet.pts().map(us).unwrap_or(dts);
+            let dur = us(packet.duration());
+
+            if let Mode::Transcode(t) = &mut o.mode {
+                if dts >= seg.end.saturating_add(1_000_000) {
+                    // Well past the cut (decoder delay included): this segment is done.
+                    break;
+                }
+                let frames_out = t
+                    .decode(track, &packet, seg, &mut o.timeline)
+                    .map_err(|c| self.seg_err(seg, pts, c))?;
+                self.send_all(o, frames_out).await?;
+                continue;
+            }
+            let key = packet.is_key();
+            let p = cut::Packet { track, key, pts, dts, dur, data: packet };
+            let step = gate.push(p, &mut on_air);
+            if let Some((src_start, first_dts)) = step.begin {
+                o.timeline.begin(src_start, first_dts);
+            }
+            for p in on_air.drain(..) {
+                self.emit(o, p, seg).await?;
+            }
+            if step.done {
+                break;
+            }
+        }
+        if transcoding {
+            if let Mode::Transcode(t) = &mut o.mode {
+                let pkts = t
+                    .end_segment(seg, &mut o.timeline)
+                    .map_err(|c| self.seg_err(seg, seg.start, c))?;
+                self.send_all(o, pkts).await?;
+            }
+        } else {
+            gate.finish(&mut on_air);
+            for p in on_air.drain(..) {
+                self.emit(o, p, seg).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn seg_err(&self, seg: &Segment, pts: i64, cause: String) -> Halt {
+        Halt::Fail(WorkerError::Media {
+            task: self.spec.id.clone(),
+            item: seg.item,
+            url: redact::source(&self.spec.sources[seg.item].url),
+            offset_ms: ((pts - seg.origin).max(0) / 1000) as u64,
+            cause,
+        })
+    }
+
+    /// Places a demuxed packet on the timeline and sends it (copy mode).
+    async fn emit(&mut self, o: &mut Output, p: cut::Packet<ff::Packet>, seg: &Segment) -> Result<(), Halt> {
+        let (opts, odts) = o.timeline.place(p.track, p.pts, p.dts, p.dur);
+        let out = OutPacket {
+            packet: p.data,
+            track: p.track,
+            key: p.key,
+            pts_us: opts,
+            dts_us: odts,
+        };
+        self.send(o, out).await?;
+        self.set_position(seg.item, seg.pass, p.pts - seg.origin, odts);
+        Ok(())
+    }
+
+    /// Sends packets that are already on the output timeline (transcode mode).
+    async fn send_all(&mut self, o: &mut Output, pkts: Vec<OutPacket>) -> Result<(), Halt> {
+        for mut p in pkts {
+            // Encoders may start below zero (AAC priming) and must never go back per track.
+            let last = &mut o.last_dts[p.track as usize];
+            p.dts_us = p.dts_us.max(0).max(*last + 1);
+            p.pts_us = p.pts_us.max(p.dts_us);
+            *last = p.dts_us;
+            let dts = p.dts_us;
+            self.send(o, p).await?;
+            // Encoded packets carry output time only; the timeline maps it back to the item.
+            let (item, pass, origin) = o.playing;
+            self.set_position(item, pass, o.timeline.source_time(dts) - origin, dts);
+        }
+        Ok(())
+    }
+
+    /// Encoders hold a few frames at the end of the task; sends them.
+    pub(super) async fn flush_encoder(&mut self, o: &mut Output) -> Result<(), Halt> {
+        if let Mode::Transcode(t) = &mut o.mode {
+            let pkts = t.flush();
+            self.send_all(o, pkts).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the packet's deadline (answering control messages meanwhile),
+    /// then offers it to every destination.
+    async fn send(&mut self, o: &mut Output, p: OutPacket) -> Result<(), Halt> {
+        // Packets due within the slack go now: one wake-up sends a few packets (and
+        // each destination writes them in one go) instead of one wake-up per packet.
+        let deadline = o
+            .pacer
+            .deadline(p.dts_us)
+            .checked_sub(PACING_SLACK)
+            .unwrap_or_else(|| o.pacer.now());
+        loop {
+            let now = Instant::now();
+            if self.end_at.is_some_and(|e| now >= e) {
+                return Err(Halt::End);
+            }
+            if now >= deadline {
+                break;
+            }
+            let until = self.end_at.map_or(deadline, |e| e.min(deadline));
+            // The only wait in the pipeline: it ends at the deadline, at `end_ms` or on a control message.
+            tokio::select! {
+                biased;
+                c = self.control.recv() => match c {
+                    Some(c) => self.obey(c)?,
+                    None => return Err(Halt::Stop),
+                },
+                _ = tokio::time::sleep_until(until.into()) => {}
+            }
+        }
+        self.close_stopped(o);
+        self.status.set_lag(o.pacer.lag(p.dts_us).as_millis() as u64);
+        let Some(frame) = o.frame(&p) else {
+            return Ok(());
+        };
+        if !o.fan_out(&frame) {
+            return Err(Halt::Fail(WorkerError::AllDestinationsFailed {
+                task: self.spec.id.clone(),
+            }));
+        }
+        Ok(())
+    }
+
+    /// Closes the destinations a `Control::StopForwards` named (each reports `stopped`).
+    fn close_stopped(&self, o: &mut Output) {
+        for (d, stop) in o.dests.iter_mut().zip(&self.stop_requested) {
+            if *stop && d.alive() {
+                d.halt();
+            }
+        }
+    }
+
+    /// Records the last packet handed to the destinations (`src_us`: its offset in the item).
+    fn set_position(&self, item: usize, pass: u32, src_us: i64, out_dts: i64) {
+        let mut p = self.status.position.lock().expect("position lock");
+        let offset_ms = (src_us.max(0) / 1000) as u64;
+        // With B-frames, packets leave in decode order: a packet's PTS can be below
+        // one already sent. The position is the furthest picture sent, so a small
+        // step back within the same item is reordering and is not a new position
+        // (a jump back by more than that is a new range or a new pass).
+        let reordered = p.item == item
+            && p.loop_index == pass
+            && offset_ms < p.offset_ms
+            && p.offset_ms - offset_ms < REORDER_WINDOW_MS;
+        *p = Position {
+            item,
+            loop_index: pass,
+            offset_ms: if reordered { p.offset_ms } else { offset_ms },
+            timeline_ms: (out_dts / 1000).max(0) as u64,
+        };
+    }
+}

@@ -1,0 +1,231 @@
+//! What this worker can carry, measured rather than assumed
+//! (docs/design/fleet.md, "Capacity").
+//!
+//! Once a second the worker samples its load: the CPU its process used (as a
+//! share of the cores it may use), how idle the whole machine was, how late the
+//! engine's event loops wake up, and how far its streams lag behind real time.
+//! [`Capacity::judge`] turns a sample into a verdict:
+//!
+//! - **Take**: room to spare; work orders are consumed while slots are free.
+//! - **Full**: near the limit; no new orders (the consumer is cancelled), the
+//!   streams already here go on.
+//! - **Shed**: overloaded for several samples in a row; the newest task is
+//!   released with its exact position, so the coordinator re-issues it to a
+//!   worker with room, instead of every lease here lapsing at once (a fence storm).
+
+use std::time::Instant;
+
+/// One load sample.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Load {
+    /// CPU used by this process over the sample, as a share of the cores it may use (0..=1).
+    pub cpu: f64,
+    /// Share of the whole machine's CPU time that was idle (0..=1).
+    pub idle: f64,
+    /// Worst lateness of an engine event-loop wake-up in the sample, ms.
+    pub loop_delay_ms: u64,
+    /// Worst lag behind real time of any stream, ms.
+    pub max_lag_ms: u64,
+    /// Streams running.
+    pub tasks: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Take,
+    Full,
+    Shed,
+}
+
+/// Thresholds, with defaults chosen for a 2 s heartbeat and a 1 s initial burst.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Stop taking orders at this CPU share of the process's cores.
+    pub cpu_full: f64,
+    /// … or when the machine is less idle than this.
+    pub idle_full: f64,
+    /// … or when event loops wake this late (ms).
+    pub delay_full_ms: u64,
+    /// … or when a stream lags this far (ms).
+    pub lag_full_ms: u64,
+    /// Overloaded: event loops this late (ms) …
+    pub delay_shed_ms: u64,
+    /// … or a stream this far behind (ms) …
+    pub lag_shed_ms: u64,
+    /// … for this many samples in a row.
+    pub shed_after: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            cpu_full: 0.85,
+            idle_full: 0.05,
+            delay_full_ms: 50,
+            lag_full_ms: 500,
+            delay_shed_ms: 250,
+            lag_shed_ms: 1_000,
+            shed_after: 3,
+        }
+    }
+}
+
+/// The verdict over time (the state is how many overloaded samples ran in a row).
+#[derive(Debug, Default)]
+pub struct Capacity {
+    limits: Limits,
+    overloaded: u32,
+}
+
+impl Capacity {
+    pub fn new(limits: Limits) -> Capacity {
+        Capacity {
+            limits,
+            overloaded: 0,
+        }
+    }
+
+    pub fn judge(&mut self, l: &Load) -> Verdict {
+        let lim = &self.limits;
+        let over = l.tasks > 0 && (l.loop_delay_ms >= lim.delay_shed_ms || l.max_lag_ms >= lim.lag_shed_ms);
+        self.overloaded = if over { self.overloaded + 1 } else { 0 };
+        if self.overloaded >= lim.shed_after {
+            // One release per sample at most: the load it frees shows in the next one.
+            return Verdict::Shed;
+        }
+        let full = l.cpu >= lim.cpu_full
+            || l.idle < lim.idle_full
+            || l.loop_delay_ms >= lim.delay_full_ms
+            || l.max_lag_ms >= lim.lag_full_ms
+            || over;
+        if full {
+            Verdict::Full
+        } else {
+            Verdict::Take
+        }
+    }
+}
+
+/// CPU shares from `/proc` between two calls.
+pub struct CpuSampler {
+    cores: f64,
+    last: Option<(Instant, u64, (u64, u64))>,
+}
+
+impl CpuSampler {
+    pub fn new() -> CpuSampler {
+        CpuSampler {
+            // Respects cgroup CPU quotas (a pod's limit), not only the machine's cores.
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
+            last: None,
+        }
+    }
+
+    /// (process CPU share of its cores, machine idle share) since the last
+    /// call; `(0, 1)` on the first call or where `/proc` cannot be read.
+    pub fn sample(&mut self) -> (f64, f64) {
+        let now = Instant::now();
+        let (Some(ticks), Some(sys)) = (process_ticks(), system_ticks()) else {
+            return (0.0, 1.0);
+        };
+        let prev = self.last.replace((now, ticks, sys));
+        let Some((t0, ticks0, (idle0, total0))) = prev else {
+            return (0.0, 1.0);
+        };
+        let secs = now.duration_since(t0).as_secs_f64();
+        // USER_HZ is 100 on every Linux this runs on.
+        let cpu = if secs > 0.0 {
+            (ticks.saturating_sub(ticks0) as f64 / 100.0) / secs / self.cores
+        } else {
+            0.0
+        };
+        let total = sys.1.saturating_sub(total0);
+        let idle = if total > 0 {
+            sys.0.saturating_sub(idle0) as f64 / total as f64
+        } else {
+            1.0
+        };
+        (cpu.clamp(0.0, 1.0), idle.clamp(0.0, 1.0))
+    }
+}
+
+/// utime + stime of this process, in clock ticks.
+fn process_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces: fields are counted after its closing ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// (idle + iowait, total) of the whole machine, in clock ticks.
+fn system_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = cpu.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((idle, v.iter().take(8).sum()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(cpu: f64, idle: f64, delay: u64, lag: u64) -> Load {
+        Load {
+            cpu,
+            idle,
+            loop_delay_ms: delay,
+            max_lag_ms: lag,
+            tasks: 10,
+        }
+    }
+
+    #[test]
+    fn verdicts_on_a_table_of_samples() {
+        use Verdict::*;
+        // Each row is a run of samples and the verdict after each.
+        let table: &[(&[Load], &[Verdict])] = &[
+            (&[load(0.3, 0.6, 2, 0)], &[Take]),
+            (&[load(0.9, 0.5, 2, 0)], &[Full]),
+            (&[load(0.5, 0.01, 2, 0)], &[Full]),
+            (&[load(0.5, 0.5, 80, 0)], &[Full]),
+            (&[load(0.5, 0.5, 2, 700)], &[Full]),
+            // Overloaded three samples in a row: shed, one task per sample.
+            (
+                &[load(1.0, 0.0, 400, 0), load(1.0, 0.0, 400, 0), load(1.0, 0.0, 300, 1500), load(1.0, 0.0, 300, 0)],
+                &[Full, Full, Shed, Shed],
+            ),
+            // A good sample in between resets the count.
+            (
+                &[load(1.0, 0.0, 400, 0), load(1.0, 0.0, 400, 0), load(0.5, 0.5, 2, 0), load(1.0, 0.0, 400, 0)],
+                &[Full, Full, Take, Full],
+            ),
+        ];
+        for (samples, want) in table {
+            let mut c = Capacity::new(Limits::default());
+            let got: Vec<Verdict> = samples.iter().map(|l| c.judge(l)).collect();
+            assert_eq!(&got, want, "{samples:?}");
+        }
+    }
+
+    #[test]
+    fn an_idle_worker_never_sheds() {
+        let mut c = Capacity::new(Limits::default());
+        let idle = Load { loop_delay_ms: 900, tasks: 0, ..Load::default() };
+        for _ in 0..10 {
+            assert_ne!(c.judge(&idle), Verdict::Shed);
+        }
+    }
+
+    #[test]
+    fn proc_is_readable_here() {
+        let mut s = CpuSampler::new();
+        s.sample();
+        let x: u64 = (0..2_000_000u64).map(|i| i ^ (i >> 3)).sum();
+        std::hint::black_box(x);
+        let (cpu, idle) = s.sample();
+        assert!((0.0..=1.0).contains(&cpu) && (0.0..=1.0).contains(&idle));
+        assert!(process_ticks().is_some() && system_ticks().is_some());
+    }
+}
