@@ -288,13 +288,19 @@ impl Reader<'_, '_> {
                 Value::Object(self.pairs(depth)?)
             }
             marker::OBJECT_END => {
-                return Err(RtmpError::protocol("AMF0 object end marker outside an object"))
+                return Err(RtmpError::protocol(
+                    "AMF0 object end marker outside an object",
+                ))
             }
             marker::REFERENCE => {
                 return Err(RtmpError::protocol("AMF0 references are not supported"))
             }
             marker::AVMPLUS => return Err(RtmpError::protocol("AMF3 values are not supported")),
-            other => return Err(RtmpError::protocol(format!("unknown AMF0 type marker 0x{other:02x}"))),
+            other => {
+                return Err(RtmpError::protocol(format!(
+                    "unknown AMF0 type marker 0x{other:02x}"
+                )))
+            }
         })
     }
 }
@@ -330,7 +336,11 @@ mod tests {
             ("width".into(), Value::Number(1280.0)),
             ("stereo".into(), Value::Boolean(true)),
         ]));
-        round_trip(Value::StrictArray(vec![Value::Number(1.0), Value::string("a"), Value::Null]));
+        round_trip(Value::StrictArray(vec![
+            Value::Number(1.0),
+            Value::string("a"),
+            Value::Null,
+        ]));
         round_trip(Value::object(Vec::<(String, Value)>::new()));
     }
 
@@ -342,9 +352,15 @@ mod tests {
             (Value::Boolean(true), vec![1, 1]),
             (Value::string("ab"), vec![2, 0, 2, b'a', b'b']),
             (Value::Null, vec![5]),
-            (Value::object([("a", Value::Null)]), vec![3, 0, 1, b'a', 5, 0, 0, 9]),
+            (
+                Value::object([("a", Value::Null)]),
+                vec![3, 0, 1, b'a', 5, 0, 0, 9],
+            ),
             (Value::EcmaArray(vec![]), vec![8, 0, 0, 0, 0, 0, 0, 9]),
-            (Value::StrictArray(vec![Value::Null]), vec![0x0a, 0, 0, 0, 1, 5]),
+            (
+                Value::StrictArray(vec![Value::Null]),
+                vec![0x0a, 0, 0, 0, 1, 5],
+            ),
         ];
         for (v, bytes) in table {
             assert_eq!(encode_all(std::slice::from_ref(&v)), bytes, "{v:?}");

@@ -156,8 +156,15 @@ mod tests {
         assert!(!RtmpError::refused("NetStream.Publish.BadName", "", &[])
             .kind()
             .is_retryable());
-        assert!(RtmpError::Closed { reason: "eof".into() }.kind().is_retryable());
-        assert_eq!(RtmpError::Tls { reason: "x".into() }.kind(), ErrorKind::Unreachable);
+        assert!(RtmpError::Closed {
+            reason: "eof".into()
+        }
+        .kind()
+        .is_retryable());
+        assert_eq!(
+            RtmpError::Tls { reason: "x".into() }.kind(),
+            ErrorKind::Unreachable
+        );
         assert!(!ErrorKind::BadUrl.is_retryable());
         assert!(!ErrorKind::Config.is_retryable());
     }
@@ -173,7 +180,9 @@ mod tests {
         assert!(!shown.contains("SECRETKEY"), "{shown}");
         assert!(shown.contains("NetStream.Publish.BadName"), "{shown}");
         let long = RtmpError::refused("c", &"x".repeat(500), &[]);
-        let RtmpError::Refused { description, .. } = long else { unreachable!() };
+        let RtmpError::Refused { description, .. } = long else {
+            unreachable!()
+        };
         assert_eq!(description.chars().count(), 201);
     }
 }

@@ -54,7 +54,9 @@ pub fn starts_with_start_code(data: &[u8]) -> bool {
 pub fn is_length_prefixed(data: &[u8]) -> bool {
     let mut pos = 0usize;
     while pos < data.len() {
-        let Some(p) = data.get(pos..pos + 4) else { return false };
+        let Some(p) = data.get(pos..pos + 4) else {
+            return false;
+        };
         let n = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
         let start = pos + 4;
         if n == 0 || data.len() - start < n || data[start] & 0x80 != 0 {
@@ -125,7 +127,14 @@ fn avcc_from_annexb(data: &[u8]) -> Result<Vec<u8>, FlvError> {
     if pps.is_empty() {
         return Err(FlvError::MissingPps);
     }
-    let mut out = vec![1, first[1], first[2], first[3], 0xFF, 0xE0 | sps.len() as u8];
+    let mut out = vec![
+        1,
+        first[1],
+        first[2],
+        first[3],
+        0xFF,
+        0xE0 | sps.len() as u8,
+    ];
     for set in &sps {
         put_parameter_set(&mut out, set)?;
     }
@@ -207,7 +216,8 @@ pub fn adts_header_len(data: &[u8]) -> Option<usize> {
         return None;
     }
     let header = if data[1] & 1 == 1 { 7 } else { 9 };
-    let frame_len = (usize::from(data[3] & 3) << 11) | (usize::from(data[4]) << 3) | usize::from(data[5] >> 5);
+    let frame_len =
+        (usize::from(data[3] & 3) << 11) | (usize::from(data[4]) << 3) | usize::from(data[5] >> 5);
     (frame_len >= header && frame_len <= data.len()).then_some(header)
 }
 
@@ -218,7 +228,10 @@ pub fn asc_from_adts(data: &[u8]) -> Option<[u8; 2]> {
     let object_type = (data[2] >> 6) + 1;
     let freq_index = (data[2] >> 2) & 0x0F;
     let channels = ((data[2] & 1) << 2) | (data[3] >> 6);
-    Some([object_type << 3 | freq_index >> 1, (freq_index & 1) << 7 | channels << 3])
+    Some([
+        object_type << 3 | freq_index >> 1,
+        (freq_index & 1) << 7 | channels << 3,
+    ])
 }
 
 /// The audio tag body of one MP3 frame.
@@ -302,7 +315,10 @@ pub fn metadata(m: &Metadata) -> Bytes {
             })
         }),
     );
-    put("audiosamplerate", m.audio_sample_rate.map(|v| num(v.into())));
+    put(
+        "audiosamplerate",
+        m.audio_sample_rate.map(|v| num(v.into())),
+    );
     put("stereo", m.stereo.map(Value::Boolean));
     put("audiodatarate", m.audio_data_rate.map(num));
     let mut out = Vec::with_capacity(64 + 24 * fields.len());

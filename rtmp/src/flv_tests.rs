@@ -66,11 +66,26 @@ fn frames_get_length_prefixes() {
     // (input, key, cts, expected body after the 5-byte header)
     let table: Vec<(Vec<u8>, bool, i32, Vec<u8>)> = vec![
         (annexb(&[idr], true), true, 0, length_prefixed(&[idr])),
-        (annexb(&[SPS, PPS, idr], false), true, 40, length_prefixed(&[SPS, PPS, idr])),
-        (annexb(&[slice, slice], true), false, -40, length_prefixed(&[slice, slice])),
+        (
+            annexb(&[SPS, PPS, idr], false),
+            true,
+            40,
+            length_prefixed(&[SPS, PPS, idr]),
+        ),
+        (
+            annexb(&[slice, slice], true),
+            false,
+            -40,
+            length_prefixed(&[slice, slice]),
+        ),
         (length_prefixed(&[idr]), true, 0, length_prefixed(&[idr])),
         // A 300-byte unit's prefix starts 00 00 01: still length-prefixed.
-        (length_prefixed(&[&[0x41u8; 300][..]]), false, 0, length_prefixed(&[&[0x41u8; 300][..]])),
+        (
+            length_prefixed(&[&[0x41u8; 300][..]]),
+            false,
+            0,
+            length_prefixed(&[&[0x41u8; 300][..]]),
+        ),
     ];
     for (input, key, cts, want) in table {
         let body = avc_frame(&input, key, cts);
@@ -85,7 +100,9 @@ fn frames_get_length_prefixes() {
 
 #[test]
 fn nal_unit_splitting() {
-    let data = [0, 0, 0, 1, 0x67, 1, 0, 0, 1, 0x68, 2, 0, 0, 0, 0, 1, 0x65, 3, 0, 0, 1];
+    let data = [
+        0, 0, 0, 1, 0x67, 1, 0, 0, 1, 0x68, 2, 0, 0, 0, 0, 1, 0x65, 3, 0, 0, 1,
+    ];
     let units: Vec<&[u8]> = annexb_nal_units(&data).collect();
     assert_eq!(units, vec![&[0x67, 1][..], &[0x68, 2][..], &[0x65, 3][..]]);
     assert_eq!(annexb_nal_units(&[1, 2, 3]).count(), 0);
@@ -119,7 +136,10 @@ fn aac_strips_adts() {
     let raw = [0x21u8, 0x10, 0x05, 0x80];
     for crc in [false, true] {
         let mut framed = adts(raw.len(), crc);
-        assert_eq!(adts_header_len(&framed.iter().chain(&raw).copied().collect::<Vec<_>>()), Some(if crc { 9 } else { 7 }));
+        assert_eq!(
+            adts_header_len(&framed.iter().chain(&raw).copied().collect::<Vec<_>>()),
+            Some(if crc { 9 } else { 7 })
+        );
         framed.extend_from_slice(&raw);
         assert_eq!(&aac_frame(&framed)[..], &[0xAF, 1, 0x21, 0x10, 0x05, 0x80]);
         assert_eq!(asc_from_adts(&framed), Some([0x12, 0x10]));
@@ -129,12 +149,21 @@ fn aac_strips_adts() {
     let mut short = adts(100, false);
     short.extend_from_slice(&raw);
     assert_eq!(adts_header_len(&short), None);
-    assert_eq!(&aac_sequence_header(&[0x12, 0x10])[..], &[0xAF, 0, 0x12, 0x10]);
+    assert_eq!(
+        &aac_sequence_header(&[0x12, 0x10])[..],
+        &[0xAF, 0, 0x12, 0x10]
+    );
 }
 
 #[test]
 fn mp3_flags() {
-    let table = [(44_100, 2, 0x2F), (48_000, 1, 0x2E), (22_050, 2, 0x2B), (11_025, 1, 0x26), (8_000, 1, 0xE2)];
+    let table = [
+        (44_100, 2, 0x2F),
+        (48_000, 1, 0x2E),
+        (22_050, 2, 0x2B),
+        (11_025, 1, 0x26),
+        (8_000, 1, 0xE2),
+    ];
     for (rate, ch, flags) in table {
         assert_eq!(mp3_frame(&[9], rate, ch)[..], [flags, 9], "{rate} {ch}");
     }
@@ -155,11 +184,21 @@ fn metadata_has_only_known_fields() {
     let v = amf0::decode_all(&body).unwrap();
     assert_eq!(v[0].as_str(), Some("@setDataFrame"));
     assert_eq!(v[1].as_str(), Some("onMetaData"));
-    let Value::EcmaArray(fields) = &v[2] else { panic!("{v:?}") };
+    let Value::EcmaArray(fields) = &v[2] else {
+        panic!("{v:?}")
+    };
     let keys: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
         keys,
-        ["width", "height", "framerate", "videocodecid", "audiocodecid", "audiosamplerate", "stereo"]
+        [
+            "width",
+            "height",
+            "framerate",
+            "videocodecid",
+            "audiocodecid",
+            "audiosamplerate",
+            "stereo"
+        ]
     );
     assert_eq!(v[2].get("videocodecid"), Some(&Value::Number(7.0)));
     assert_eq!(v[2].get("audiocodecid"), Some(&Value::Number(10.0)));

@@ -64,7 +64,9 @@ fn io_err(stage: &str, e: std::io::Error) -> RtmpError {
 
 fn seed() -> (u32, u64) {
     static N: AtomicU64 = AtomicU64::new(0);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let n = N.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
     let seed = (now.as_nanos() as u64) ^ n ^ u64::from(std::process::id()).rotate_left(32);
     (now.as_millis() as u32, seed)
@@ -95,12 +97,16 @@ pub async fn server<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
 ) -> Result<[u8; PACKET_SIZE], RtmpError> {
     let mut c0c1 = vec![0u8; 1 + PACKET_SIZE];
-    io.read_exact(&mut c0c1).await.map_err(|e| io_err("C0+C1", e))?;
+    io.read_exact(&mut c0c1)
+        .await
+        .map_err(|e| io_err("C0+C1", e))?;
     check_s0(c0c1[0])?;
     let (epoch, seed) = seed();
     let mut reply = self::c0c1(epoch, seed);
     reply.extend_from_slice(&c0c1[1..]);
-    io.write_all(&reply).await.map_err(|e| io_err("S0+S1+S2", e))?;
+    io.write_all(&reply)
+        .await
+        .map_err(|e| io_err("S0+S1+S2", e))?;
     io.flush().await.map_err(|e| io_err("S0+S1+S2", e))?;
     let mut c2 = [0u8; PACKET_SIZE];
     io.read_exact(&mut c2).await.map_err(|e| io_err("C2", e))?;
@@ -117,7 +123,11 @@ mod tests {
         let c = c0c1(0x0102_0304, 42);
         assert_eq!(c.len(), 1537);
         assert_eq!(&c[..9], &[3, 1, 2, 3, 4, 0, 0, 0, 0]);
-        assert_ne!(c0c1(0, 1)[9..], c0c1(0, 2)[9..], "random part depends on the seed");
+        assert_ne!(
+            c0c1(0, 1)[9..],
+            c0c1(0, 2)[9..],
+            "random part depends on the seed"
+        );
         assert!(check_s0(3).is_ok());
         assert_eq!(check_s0(6).unwrap_err().kind(), ErrorKind::Protocol);
     }
@@ -168,6 +178,9 @@ mod tests {
             b.write_all(&[6u8; 1537]).await.unwrap();
             let _ = b.read(&mut [0u8; 1]).await;
         });
-        assert_eq!(client(&mut a).await.unwrap_err().kind(), ErrorKind::Protocol);
+        assert_eq!(
+            client(&mut a).await.unwrap_err().kind(),
+            ErrorKind::Protocol
+        );
     }
 }

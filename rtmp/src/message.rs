@@ -89,7 +89,10 @@ pub fn read_user_control(payload: &[u8]) -> Result<(u16, u32), RtmpError> {
         .get(..2)
         .map(|b| u16::from_be_bytes([b[0], b[1]]))
         .ok_or_else(|| RtmpError::protocol("user control message shorter than 2 bytes"))?;
-    let value = payload.get(2..).map(|v| read_u32(v, "user control value")).transpose();
+    let value = payload
+        .get(2..)
+        .map(|v| read_u32(v, "user control value"))
+        .transpose();
     Ok((event, value.ok().flatten().unwrap_or(0)))
 }
 
@@ -144,7 +147,11 @@ impl Command {
         let transaction = match values.next() {
             Some(Value::Number(n)) => n,
             None => 0.0,
-            Some(_) => return Err(RtmpError::protocol(format!("command {name}: transaction id is not a number"))),
+            Some(_) => {
+                return Err(RtmpError::protocol(format!(
+                    "command {name}: transaction id is not a number"
+                )))
+            }
         };
         let object = values.next().unwrap_or(Value::Null);
         Ok(Command {
@@ -161,7 +168,9 @@ impl Command {
         self.args
             .iter()
             .chain(std::iter::once(&self.object))
-            .find(|v| matches!(v, Value::Object(_) | Value::EcmaArray(_)) && v.get("code").is_some())
+            .find(|v| {
+                matches!(v, Value::Object(_) | Value::EcmaArray(_)) && v.get("code").is_some()
+            })
             .or_else(|| self.args.iter().find(|v| matches!(v, Value::Object(_))))
     }
 
@@ -198,7 +207,11 @@ mod tests {
 
     #[test]
     fn malformed_commands_are_protocol_errors() {
-        for body in [&[][..], &[0, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0][..], &[2, 0, 1, b'a', 2, 0, 0][..]] {
+        for body in [
+            &[][..],
+            &[0, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0][..],
+            &[2, 0, 1, b'a', 2, 0, 0][..],
+        ] {
             assert!(Command::decode(body, false).is_err(), "{body:?}");
         }
         assert!(read_u32(&[1, 2], "x").is_err());

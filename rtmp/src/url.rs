@@ -238,15 +238,78 @@ mod tests {
     fn parses_the_usual_forms() {
         // (url, host, port, app, stream name, tcUrl)
         let table = [
-            ("rtmp://push.example/live/KEY", "push.example", 1935, "live", "KEY", "rtmp://push.example:1935/live"),
-            ("rtmp://push.example:1936/live/KEY", "push.example", 1936, "live", "KEY", "rtmp://push.example:1936/live"),
-            ("rtmps://live-api.example/rtmp/KEY", "live-api.example", 443, "rtmp", "KEY", "rtmps://live-api.example:443/rtmp"),
-            ("RTMP://h/app/inst/KEY", "h", 1935, "app/inst", "KEY", "rtmp://h:1935/app/inst"),
-            ("rtmp://h/live/KEY?token=a/b&x=1", "h", 1935, "live", "KEY?token=a/b&x=1", "rtmp://h:1935/live"),
-            ("rtmp://127.0.0.1:19350/live/k", "127.0.0.1", 19350, "live", "k", "rtmp://127.0.0.1:19350/live"),
-            ("rtmp://[::1]:1940/live/k", "::1", 1940, "live", "k", "rtmp://[::1]:1940/live"),
-            ("rtmp://[::1]/live/k", "::1", 1935, "live", "k", "rtmp://[::1]:1935/live"),
-            ("  rtmp://h/a/b/c/d  ", "h", 1935, "a/b/c", "d", "rtmp://h:1935/a/b/c"),
+            (
+                "rtmp://push.example/live/KEY",
+                "push.example",
+                1935,
+                "live",
+                "KEY",
+                "rtmp://push.example:1935/live",
+            ),
+            (
+                "rtmp://push.example:1936/live/KEY",
+                "push.example",
+                1936,
+                "live",
+                "KEY",
+                "rtmp://push.example:1936/live",
+            ),
+            (
+                "rtmps://live-api.example/rtmp/KEY",
+                "live-api.example",
+                443,
+                "rtmp",
+                "KEY",
+                "rtmps://live-api.example:443/rtmp",
+            ),
+            (
+                "RTMP://h/app/inst/KEY",
+                "h",
+                1935,
+                "app/inst",
+                "KEY",
+                "rtmp://h:1935/app/inst",
+            ),
+            (
+                "rtmp://h/live/KEY?token=a/b&x=1",
+                "h",
+                1935,
+                "live",
+                "KEY?token=a/b&x=1",
+                "rtmp://h:1935/live",
+            ),
+            (
+                "rtmp://127.0.0.1:19350/live/k",
+                "127.0.0.1",
+                19350,
+                "live",
+                "k",
+                "rtmp://127.0.0.1:19350/live",
+            ),
+            (
+                "rtmp://[::1]:1940/live/k",
+                "::1",
+                1940,
+                "live",
+                "k",
+                "rtmp://[::1]:1940/live",
+            ),
+            (
+                "rtmp://[::1]/live/k",
+                "::1",
+                1935,
+                "live",
+                "k",
+                "rtmp://[::1]:1935/live",
+            ),
+            (
+                "  rtmp://h/a/b/c/d  ",
+                "h",
+                1935,
+                "a/b/c",
+                "d",
+                "rtmp://h:1935/a/b/c",
+            ),
         ];
         for (url, host, port, app, name, tc) in table {
             let t = Target::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
@@ -283,7 +346,10 @@ mod tests {
             let e = Target::parse(url).expect_err(url);
             assert_eq!(e.kind(), ErrorKind::BadUrl, "{url}");
             let shown = format!("{e} {e:?}");
-            assert!(!shown.contains("SECRET") && !shown.contains("pw"), "{url}: {shown}");
+            assert!(
+                !shown.contains("SECRET") && !shown.contains("pw"),
+                "{url}: {shown}"
+            );
         }
     }
 

@@ -11,7 +11,9 @@ use tokio::task::JoinHandle;
 use vodfleet_rtmp::amf0::Value;
 use vodfleet_rtmp::chunk::{ChunkReader, ChunkWriter, Message, MessageHeader, OutQueue};
 use vodfleet_rtmp::message::{self, type_id, user_control, Command};
-use vodfleet_rtmp::{handshake, ErrorKind, PublishOptions, Publisher, RtmpError, Tag, TagKind, Target};
+use vodfleet_rtmp::{
+    handshake, ErrorKind, PublishOptions, Publisher, RtmpError, Tag, TagKind, Target,
+};
 
 const KEY: &str = "SECRETKEY";
 
@@ -68,7 +70,9 @@ impl Conn {
         self.writer.write(&h, &body, &mut self.out).unwrap();
         let bytes = self.out.to_vec();
         self.out.clear();
-        tokio::io::AsyncWriteExt::write_all(&mut self.io, &bytes).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut self.io, &bytes)
+            .await
+            .unwrap();
     }
 
     async fn reply(&mut self, stream_id: u32, name: &str, txn: f64, args: Vec<Value>) {
@@ -89,11 +93,28 @@ impl Conn {
     async fn answer_connect(&mut self) -> Command {
         let c = self.next_command().await;
         assert_eq!(c.name, "connect");
-        self.send(2, type_id::WINDOW_ACK_SIZE, 0, message::window_ack_size(5_000_000)).await;
-        self.send(2, type_id::SET_PEER_BANDWIDTH, 0, message::set_peer_bandwidth(5_000_000, 2)).await;
-        self.send(2, type_id::SET_CHUNK_SIZE, 0, message::set_chunk_size(4096)).await;
+        self.send(
+            2,
+            type_id::WINDOW_ACK_SIZE,
+            0,
+            message::window_ack_size(5_000_000),
+        )
+        .await;
+        self.send(
+            2,
+            type_id::SET_PEER_BANDWIDTH,
+            0,
+            message::set_peer_bandwidth(5_000_000, 2),
+        )
+        .await;
+        self.send(2, type_id::SET_CHUNK_SIZE, 0, message::set_chunk_size(4096))
+            .await;
         self.writer.set_chunk_size(4096);
-        let ok = Conn::status("status", "NetConnection.Connect.Success", "Connection succeeded.");
+        let ok = Conn::status(
+            "status",
+            "NetConnection.Connect.Success",
+            "Connection succeeded.",
+        );
         self.reply(0, "_result", c.transaction, vec![ok]).await;
         c
     }
@@ -103,7 +124,10 @@ impl Conn {
         loop {
             let c = self.next_command().await;
             match c.name.as_str() {
-                "createStream" => self.reply(0, "_result", c.transaction, vec![Value::Number(1.0)]).await,
+                "createStream" => {
+                    self.reply(0, "_result", c.transaction, vec![Value::Number(1.0)])
+                        .await
+                }
                 "publish" => return c,
                 _ => {}
             }
@@ -114,7 +138,13 @@ impl Conn {
     async fn accept_publish(&mut self) -> Command {
         self.answer_connect().await;
         let p = self.answer_create_stream().await;
-        self.send(2, type_id::USER_CONTROL, 0, message::user_control(user_control::STREAM_BEGIN, 1)).await;
+        self.send(
+            2,
+            type_id::USER_CONTROL,
+            0,
+            message::user_control(user_control::STREAM_BEGIN, 1),
+        )
+        .await;
         let start = Conn::status("status", "NetStream.Publish.Start", "Start publishing");
         self.reply(1, "onStatus", 0.0, vec![start]).await;
         p
@@ -139,7 +169,11 @@ fn tag(kind: TagKind, ts: u32, len: usize) -> Tag {
     Tag {
         kind,
         timestamp_ms: ts,
-        payload: Bytes::from((0..len).map(|i| (i % 251) as u8 ^ ts as u8).collect::<Vec<u8>>()),
+        payload: Bytes::from(
+            (0..len)
+                .map(|i| (i % 251) as u8 ^ ts as u8)
+                .collect::<Vec<u8>>(),
+        ),
     }
 }
 
@@ -162,7 +196,10 @@ async fn flush_until<T>(p: &mut Publisher, mut f: JoinHandle<T>) -> (T, Option<R
 
 fn assert_no_secret(e: &RtmpError) {
     let shown = format!("{e} {e:?}");
-    assert!(!shown.contains(KEY) && !shown.contains("tok=abc"), "secret in error: {shown}");
+    assert!(
+        !shown.contains(KEY) && !shown.contains("tok=abc"),
+        "secret in error: {shown}"
+    );
 }
 
 #[tokio::test]
@@ -183,14 +220,31 @@ async fn publishes_tags_and_answers_pings_acks_and_bandwidth() {
     let server = tokio::spawn(async move {
         let mut c = Conn::accept(&l).await;
         let connect = c.answer_connect().await;
-        assert_eq!(connect.object.get("app").and_then(Value::as_str), Some("live"));
-        assert_eq!(connect.object.get("type").and_then(Value::as_str), Some("nonprivate"));
-        let tc = connect.object.get("tcUrl").and_then(Value::as_str).unwrap().to_owned();
+        assert_eq!(
+            connect.object.get("app").and_then(Value::as_str),
+            Some("live")
+        );
+        assert_eq!(
+            connect.object.get("type").and_then(Value::as_str),
+            Some("nonprivate")
+        );
+        let tc = connect
+            .object
+            .get("tcUrl")
+            .and_then(Value::as_str)
+            .unwrap()
+            .to_owned();
         assert!(tc.ends_with("/live"), "{tc}");
         let publish = c.answer_create_stream().await;
         assert_eq!(publish.args[0].as_str(), Some("SECRETKEY?tok=abc"));
         assert_eq!(publish.args[1].as_str(), Some("live"));
-        c.send(2, type_id::WINDOW_ACK_SIZE, 0, message::window_ack_size(1000)).await;
+        c.send(
+            2,
+            type_id::WINDOW_ACK_SIZE,
+            0,
+            message::window_ack_size(1000),
+        )
+        .await;
         let start = Conn::status("status", "NetStream.Publish.Start", "Start publishing");
         c.reply(1, "onStatus", 0.0, vec![start]).await;
         let mut got = Vec::new();
@@ -203,16 +257,33 @@ async fn publishes_tags_and_answers_pings_acks_and_bandwidth() {
         }
         // Now what needs answers: a ping, a bandwidth change, and 2000 bytes
         // (past the 1000-byte window) of data the client ignores.
-        c.send(2, type_id::USER_CONTROL, 0, message::user_control(user_control::PING_REQUEST, 1234)).await;
-        c.send(2, type_id::SET_PEER_BANDWIDTH, 0, message::set_peer_bandwidth(7777, 2)).await;
-        c.send(5, type_id::DATA_AMF0, 1, Bytes::from(vec![5u8; 2000])).await;
+        c.send(
+            2,
+            type_id::USER_CONTROL,
+            0,
+            message::user_control(user_control::PING_REQUEST, 1234),
+        )
+        .await;
+        c.send(
+            2,
+            type_id::SET_PEER_BANDWIDTH,
+            0,
+            message::set_peer_bandwidth(7777, 2),
+        )
+        .await;
+        c.send(5, type_id::DATA_AMF0, 1, Bytes::from(vec![5u8; 2000]))
+            .await;
         let (mut pong, mut ack, mut window) = (None, None, None);
         while pong.is_none() || ack.is_none() || window.is_none() {
             let m = c.next().await.expect("answers");
             match m.header.type_id {
-                type_id::USER_CONTROL => pong = Some(message::read_user_control(&m.payload).unwrap()),
+                type_id::USER_CONTROL => {
+                    pong = Some(message::read_user_control(&m.payload).unwrap())
+                }
                 type_id::ACK => ack = Some(message::read_u32(&m.payload, "ack").unwrap()),
-                type_id::WINDOW_ACK_SIZE => window = Some(message::read_u32(&m.payload, "w").unwrap()),
+                type_id::WINDOW_ACK_SIZE => {
+                    window = Some(message::read_u32(&m.payload, "w").unwrap())
+                }
                 _ => {}
             }
         }
@@ -244,13 +315,20 @@ async fn connect_error_is_refused_without_the_key() {
     tokio::spawn(async move {
         let mut c = Conn::accept(&l).await;
         let connect = c.next_command().await;
-        let no = Conn::status("error", "NetConnection.Connect.Rejected", "no stream SECRETKEY here");
+        let no = Conn::status(
+            "error",
+            "NetConnection.Connect.Rejected",
+            "no stream SECRETKEY here",
+        );
         c.reply(0, "_error", connect.transaction, vec![no]).await;
         let _ = c.next().await;
     });
     let e = Publisher::connect(&target, &opts()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
-    assert!(e.to_string().contains("NetConnection.Connect.Rejected"), "{e}");
+    assert!(
+        e.to_string().contains("NetConnection.Connect.Rejected"),
+        "{e}"
+    );
     assert_no_secret(&e);
 }
 
@@ -306,7 +384,11 @@ async fn status_error_while_publishing_surfaces_at_flush() {
         let mut c = Conn::accept(&l).await;
         c.accept_publish().await;
         go_rx.await.unwrap();
-        let no = Conn::status("error", "NetStream.Publish.Denied", "SECRETKEY is not allowed");
+        let no = Conn::status(
+            "error",
+            "NetStream.Publish.Denied",
+            "SECRETKEY is not allowed",
+        );
         c.reply(1, "onStatus", 0.0, vec![no]).await;
         while c.next().await.is_some() {}
     });
@@ -356,7 +438,9 @@ async fn garbage_while_publishing_is_a_protocol_error() {
         let mut c = Conn::accept(&l).await;
         c.accept_publish().await;
         // A type 2 header on a chunk stream never seen before.
-        tokio::io::AsyncWriteExt::write_all(&mut c.io, &[0x89, 0, 0, 1]).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut c.io, &[0x89, 0, 0, 1])
+            .await
+            .unwrap();
         while c.next().await.is_some() {}
     });
     let mut p = Publisher::connect(&target, &opts()).await.unwrap();
@@ -381,7 +465,16 @@ async fn silence_times_out_and_closed_ports_are_unreachable() {
     };
     let e = Publisher::connect(&target, &o).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
-    assert!(matches!(e, RtmpError::TimedOut { stage: "RTMP handshake", .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            RtmpError::TimedOut {
+                stage: "RTMP handshake",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     hold.abort();
 
@@ -400,13 +493,18 @@ async fn dropping_the_publisher_closes_the_connection() {
     let server = tokio::spawn(async move {
         let mut c = Conn::accept(&l).await;
         c.accept_publish().await;
-        tokio::time::timeout(Duration::from_secs(5), async { while c.next().await.is_some() {} })
-            .await
-            .is_ok()
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while c.next().await.is_some() {}
+        })
+        .await
+        .is_ok()
     });
     let p = Publisher::connect(&target, &opts()).await.unwrap();
     drop(p);
-    assert!(server.await.unwrap(), "server saw EOF after the drop (reader task ended)");
+    assert!(
+        server.await.unwrap(),
+        "server saw EOF after the drop (reader task ended)"
+    );
 }
 
 #[tokio::test]
@@ -430,13 +528,19 @@ async fn close_unpublishes_and_deletes_the_stream() {
     p.queue(&tag(TagKind::Audio, 0, 10));
     let started = Instant::now();
     p.close(Duration::from_secs(5)).await;
-    assert!(started.elapsed() < Duration::from_secs(4), "server closed after our shutdown");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "server closed after our shutdown"
+    );
     let seen = server.await.unwrap();
     assert_eq!(
         seen,
         vec![
             ("audio".to_owned(), None),
-            ("FCUnpublish".to_owned(), Some(Value::string("SECRETKEY?tok=abc"))),
+            (
+                "FCUnpublish".to_owned(),
+                Some(Value::string("SECRETKEY?tok=abc"))
+            ),
             ("deleteStream".to_owned(), Some(Value::Number(1.0))),
         ]
     );

@@ -6,8 +6,10 @@
 //! ([`worker`]). Waiting is always polling with a deadline, never a fixed sleep.
 
 pub mod fleet;
+pub mod flv;
 pub mod http;
 pub mod media;
+pub mod peers;
 pub mod probe;
 pub mod rtmp;
 pub mod worker;

@@ -128,6 +128,12 @@ impl RtmpServer {
         format!("rtmp://127.0.0.1:{}/live/{key}", self.rtmp_port)
     }
 
+    /// `rtmp://127.0.0.1:PORT/APP/KEY` (the template also has `refuse`, whose
+    /// `on_publish` hook says no).
+    pub fn app_url(&self, app: &str, key: &str) -> String {
+        format!("rtmp://127.0.0.1:{}/{app}/{key}", self.rtmp_port)
+    }
+
     /// Where nginx records stream `key` (`record all`, `record_unique off`).
     pub fn record_path(&self, key: &str) -> PathBuf {
         self.path.join("record").join(format!("{key}.flv"))

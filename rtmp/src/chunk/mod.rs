@@ -137,7 +137,9 @@ impl OutQueue {
         n = n.min(self.len);
         self.len -= n;
         while n > 0 {
-            let Some(front) = self.segments.front_mut() else { break };
+            let Some(front) = self.segments.front_mut() else {
+                break;
+            };
             let seg_len = match front {
                 Segment::Header { start, end } => *end - *start,
                 Segment::Payload(b) => b.len(),

@@ -100,12 +100,10 @@ impl ChunkReader {
     fn apply_control(&mut self, m: &Message) -> Result<(), RtmpError> {
         match m.header.type_id {
             type_id::SET_CHUNK_SIZE => {
-                let size = m
-                    .payload
-                    .get(..4)
-                    .map(be32)
-                    .ok_or_else(|| RtmpError::protocol("Set Chunk Size shorter than 4 bytes"))?
-                    & 0x7FFF_FFFF;
+                let size =
+                    m.payload.get(..4).map(be32).ok_or_else(|| {
+                        RtmpError::protocol("Set Chunk Size shorter than 4 bytes")
+                    })? & 0x7FFF_FFFF;
                 if size == 0 {
                     return Err(RtmpError::protocol("Set Chunk Size of 0"));
                 }

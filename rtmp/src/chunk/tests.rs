@@ -14,7 +14,11 @@ fn hdr(csid: u32, timestamp: u32, type_id: u8, stream_id: u32) -> MessageHeader 
 }
 
 fn payload(n: usize, seed: u8) -> Bytes {
-    Bytes::from((0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect::<Vec<u8>>())
+    Bytes::from(
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect::<Vec<u8>>(),
+    )
 }
 
 /// Concatenates pieces: header bytes and payload slices.
@@ -31,7 +35,8 @@ fn writer_header_table() {
     let p200 = payload(200, 5);
     // Each row: messages written in order by one writer (chunk size 128), then the
     // exact bytes expected for the *last* message.
-    let rows: Vec<(&str, Vec<(MessageHeader, Bytes)>, Vec<u8>)> = vec![
+    type Row = (&'static str, Vec<(MessageHeader, Bytes)>, Vec<u8>);
+    let rows: Vec<Row> = vec![
         (
             "first message: type 0",
             vec![(hdr(3, 0, 20, 0), p5.clone())],
@@ -39,17 +44,26 @@ fn writer_header_table() {
         ),
         (
             "same chunk and message stream: type 1 with the delta",
-            vec![(hdr(4, 1000, 8, 1), p5.clone()), (hdr(4, 1023, 8, 1), p5.clone())],
+            vec![
+                (hdr(4, 1000, 8, 1), p5.clone()),
+                (hdr(4, 1023, 8, 1), p5.clone()),
+            ],
             cat(&[&[0x44, 0, 0, 23, 0, 0, 5, 8], &p5]),
         ),
         (
             "time going backwards: type 0",
-            vec![(hdr(4, 1000, 8, 1), p5.clone()), (hdr(4, 990, 8, 1), p5.clone())],
+            vec![
+                (hdr(4, 1000, 8, 1), p5.clone()),
+                (hdr(4, 990, 8, 1), p5.clone()),
+            ],
             cat(&[&[0x04, 0, 0x03, 0xDE, 0, 0, 5, 8, 1, 0, 0, 0], &p5]),
         ),
         (
             "other message stream: type 0 (little-endian stream id)",
-            vec![(hdr(3, 0, 20, 0), p5.clone()), (hdr(3, 0, 20, 0x0102), p5.clone())],
+            vec![
+                (hdr(3, 0, 20, 0), p5.clone()),
+                (hdr(3, 0, 20, 0x0102), p5.clone()),
+            ],
             cat(&[&[0x03, 0, 0, 0, 0, 0, 5, 20, 2, 1, 0, 0], &p5]),
         ),
         (
@@ -72,13 +86,20 @@ fn writer_header_table() {
         (
             "one byte over",
             vec![(hdr(6, 0, 9, 1), p129.clone())],
-            cat(&[&[0x06, 0, 0, 0, 0, 0, 129, 9, 1, 0, 0, 0], &p129[..128], &[0xC6], &p129[128..]]),
+            cat(&[
+                &[0x06, 0, 0, 0, 0, 0, 129, 9, 1, 0, 0, 0],
+                &p129[..128],
+                &[0xC6],
+                &p129[128..],
+            ]),
         ),
         (
             "extended timestamp, repeated on the continuation",
             vec![(hdr(6, 0x0100_0000, 9, 1), p200.clone())],
             cat(&[
-                &[0x06, 0xFF, 0xFF, 0xFF, 0, 0, 200, 9, 1, 0, 0, 0, 0x01, 0, 0, 0],
+                &[
+                    0x06, 0xFF, 0xFF, 0xFF, 0, 0, 200, 9, 1, 0, 0, 0, 0x01, 0, 0, 0,
+                ],
                 &p200[..128],
                 &[0xC6, 0x01, 0, 0, 0],
                 &p200[128..],
@@ -87,21 +108,43 @@ fn writer_header_table() {
         (
             "exactly 0xFFFFFF is extended too",
             vec![(hdr(4, 0xFF_FFFF, 8, 1), p5.clone())],
-            cat(&[&[0x04, 0xFF, 0xFF, 0xFF, 0, 0, 5, 8, 1, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF], &p5]),
+            cat(&[
+                &[
+                    0x04, 0xFF, 0xFF, 0xFF, 0, 0, 5, 8, 1, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF,
+                ],
+                &p5,
+            ]),
         ),
         (
             "after an extended type 0, a small delta is a plain type 1",
-            vec![(hdr(6, 0x0100_0000, 9, 1), p5.clone()), (hdr(6, 0x0100_0021, 9, 1), p200.clone())],
-            cat(&[&[0x46, 0, 0, 0x21, 0, 0, 200, 9], &p200[..128], &[0xC6], &p200[128..]]),
+            vec![
+                (hdr(6, 0x0100_0000, 9, 1), p5.clone()),
+                (hdr(6, 0x0100_0021, 9, 1), p200.clone()),
+            ],
+            cat(&[
+                &[0x46, 0, 0, 0x21, 0, 0, 200, 9],
+                &p200[..128],
+                &[0xC6],
+                &p200[128..],
+            ]),
         ),
         (
             "a delta that needs 32 bits: type 0 with the absolute time",
-            vec![(hdr(4, 0, 8, 1), p5.clone()), (hdr(4, 0x0200_0000, 8, 1), p5.clone())],
-            cat(&[&[0x04, 0xFF, 0xFF, 0xFF, 0, 0, 5, 8, 1, 0, 0, 0, 2, 0, 0, 0], &p5]),
+            vec![
+                (hdr(4, 0, 8, 1), p5.clone()),
+                (hdr(4, 0x0200_0000, 8, 1), p5.clone()),
+            ],
+            cat(&[
+                &[0x04, 0xFF, 0xFF, 0xFF, 0, 0, 5, 8, 1, 0, 0, 0, 2, 0, 0, 0],
+                &p5,
+            ]),
         ),
         (
             "timestamps wrap at 2^32: small forward delta",
-            vec![(hdr(4, 0xFFFF_FFF0, 8, 1), p5.clone()), (hdr(4, 0x10, 8, 1), p5.clone())],
+            vec![
+                (hdr(4, 0xFFFF_FFF0, 8, 1), p5.clone()),
+                (hdr(4, 0x10, 8, 1), p5.clone()),
+            ],
             cat(&[&[0x44, 0, 0, 0x20, 0, 0, 5, 8], &p5]),
         ),
         (
@@ -144,9 +187,14 @@ fn writer_refuses_what_rtmp_cannot_carry() {
     let mut w = ChunkWriter::new();
     let mut q = OutQueue::new();
     let big = Bytes::from(vec![0u8; MAX_MESSAGE_LEN + 1]);
-    assert_eq!(w.write(&hdr(6, 0, 9, 1), &big, &mut q).unwrap_err().kind(), ErrorKind::Protocol);
+    assert_eq!(
+        w.write(&hdr(6, 0, 9, 1), &big, &mut q).unwrap_err().kind(),
+        ErrorKind::Protocol
+    );
     assert!(w.write(&hdr(1, 0, 9, 1), &Bytes::new(), &mut q).is_err());
-    assert!(w.write(&hdr(MAX_CSID + 1, 0, 9, 1), &Bytes::new(), &mut q).is_err());
+    assert!(w
+        .write(&hdr(MAX_CSID + 1, 0, 9, 1), &Bytes::new(), &mut q)
+        .is_err());
     assert!(q.is_empty());
 }
 
@@ -162,7 +210,11 @@ fn payload_is_sliced_not_copied() {
     let mut slices = [std::io::IoSlice::new(&[]); 16];
     let n = q.io_slices(&mut slices);
     assert_eq!(n, 6);
-    assert_eq!(slices[1].as_ptr(), p.as_ptr(), "first piece points into the payload");
+    assert_eq!(
+        slices[1].as_ptr(),
+        p.as_ptr(),
+        "first piece points into the payload"
+    );
     assert_eq!(slices[3].as_ptr(), p[100..].as_ptr());
     // Partial writes advance across pieces.
     let all = q.to_vec();
@@ -180,8 +232,12 @@ fn round_trip(msgs: &[(MessageHeader, Bytes)], out_chunk: u32, step: usize) {
     let mut w = ChunkWriter::new();
     let mut q = OutQueue::new();
     if out_chunk != DEFAULT_CHUNK_SIZE {
-        w.write(&hdr(2, 0, type_id::SET_CHUNK_SIZE, 0), &message::set_chunk_size(out_chunk), &mut q)
-            .unwrap();
+        w.write(
+            &hdr(2, 0, type_id::SET_CHUNK_SIZE, 0),
+            &message::set_chunk_size(out_chunk),
+            &mut q,
+        )
+        .unwrap();
         w.set_chunk_size(out_chunk);
     }
     for (h, p) in msgs {
@@ -214,7 +270,10 @@ fn writer_and_reader_round_trip() {
     let mut t: u32 = 0xFF_FF00; // crosses into extended timestamps
     for i in 0..40u32 {
         let (csid, ty) = if i % 3 == 0 { (4, 8) } else { (6, 9) };
-        msgs.push((hdr(csid, t, ty, 1), payload((i as usize * 97) % 700, i as u8)));
+        msgs.push((
+            hdr(csid, t, ty, 1),
+            payload((i as usize * 97) % 700, i as u8),
+        ));
         t = t.wrapping_add(23);
     }
     msgs.push((hdr(3, 5, 20, 0), payload(3, 0)));
@@ -245,7 +304,17 @@ fn reader_resolves_compressed_timestamps() {
     while let Some(m) = r.read(&mut buf).unwrap() {
         times.push((m.header.csid, m.header.timestamp, m.payload.len()));
     }
-    assert_eq!(times, [(4, 100, 1), (4, 140, 1), (4, 150, 1), (4, 160, 1), (5, 500, 2), (5, 1000, 2)]);
+    assert_eq!(
+        times,
+        [
+            (4, 100, 1),
+            (4, 140, 1),
+            (4, 150, 1),
+            (4, 160, 1),
+            (5, 500, 2),
+            (5, 1000, 2)
+        ]
+    );
 }
 
 #[test]
@@ -255,9 +324,43 @@ fn reader_honours_abort_and_chunk_size() {
         &[0x06, 0, 0, 0, 0, 0, 200, 9, 1, 0, 0, 0],
         &[7u8; 128],
         // Abort csid 6.
-        &[0x02, 0, 0, 0, 0, 0, 4, type_id::ABORT, 0, 0, 0, 0, 0, 0, 0, 6],
+        &[
+            0x02,
+            0,
+            0,
+            0,
+            0,
+            0,
+            4,
+            type_id::ABORT,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            6,
+        ],
         // Set Chunk Size 300, then a fresh 200-byte message on csid 6 in one chunk.
-        &[0x02, 0, 0, 0, 0, 0, 4, type_id::SET_CHUNK_SIZE, 0, 0, 0, 0, 0, 0, 1, 44],
+        &[
+            0x02,
+            0,
+            0,
+            0,
+            0,
+            0,
+            4,
+            type_id::SET_CHUNK_SIZE,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            1,
+            44,
+        ],
         &[0x06, 0, 0, 9, 0, 0, 200, 9, 1, 0, 0, 0],
         &[8u8; 200],
     ]);
@@ -290,15 +393,36 @@ fn reader_rejects_hostile_input() {
     let rows: Vec<(&str, Vec<u8>)> = vec![
         ("type 2 on a fresh chunk stream", vec![0x84, 0, 0, 1]),
         ("type 3 on a fresh chunk stream", vec![0xC4, 1]),
-        ("message over the limit", vec![0x04, 0, 0, 0, 0x20, 0, 0, 8, 1, 0, 0, 0]),
+        (
+            "message over the limit",
+            vec![0x04, 0, 0, 0, 0x20, 0, 0, 8, 1, 0, 0, 0],
+        ),
         (
             "new header inside a message",
-            cat(&[&[0x06, 0, 0, 0, 0, 0, 200, 9, 1, 0, 0, 0], &[0; 128], &[0x46, 0, 0, 0, 0, 0, 1, 9, 0]]),
+            cat(&[
+                &[0x06, 0, 0, 0, 0, 0, 200, 9, 1, 0, 0, 0],
+                &[0; 128],
+                &[0x46, 0, 0, 0, 0, 0, 1, 9, 0],
+            ]),
         ),
-        ("chunk size 0", vec![0x02, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0, 0x80, 0, 0, 0]),
-        ("short chunk size message", vec![0x02, 0, 0, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 1]),
-        ("short abort message", vec![0x02, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 6]),
-        ("too many chunk streams", (0..70u8).flat_map(|i| [0x00, i, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0]).collect()),
+        (
+            "chunk size 0",
+            vec![0x02, 0, 0, 0, 0, 0, 4, 1, 0, 0, 0, 0, 0x80, 0, 0, 0],
+        ),
+        (
+            "short chunk size message",
+            vec![0x02, 0, 0, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 1],
+        ),
+        (
+            "short abort message",
+            vec![0x02, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 6],
+        ),
+        (
+            "too many chunk streams",
+            (0..70u8)
+                .flat_map(|i| [0x00, i, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0])
+                .collect(),
+        ),
     ];
     for (name, wire) in rows {
         let mut r = ChunkReader::new();

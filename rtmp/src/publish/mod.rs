@@ -107,7 +107,10 @@ const MAX_IOVECS: usize = 64;
 
 /// Writes everything in `q` with vectored writes, then flushes `io`. Progress is
 /// recorded in `q` after each write, so a cancelled call loses nothing.
-async fn write_queue<W: AsyncWrite + Unpin + ?Sized>(io: &mut W, q: &mut OutQueue) -> std::io::Result<()> {
+async fn write_queue<W: AsyncWrite + Unpin + ?Sized>(
+    io: &mut W,
+    q: &mut OutQueue,
+) -> std::io::Result<()> {
     while !q.is_empty() {
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
         let n = q.io_slices(&mut slices);
@@ -156,7 +159,9 @@ impl Publisher {
     /// [`RtmpError::Closed`] (the server hung up earlier), [`RtmpError::Protocol`].
     pub async fn connect(target: &Target, opts: &PublishOptions) -> Result<Publisher, RtmpError> {
         let span = tracing::info_span!("rtmp", dest = %target.redacted());
-        session::establish(target, opts, span.clone()).instrument(span).await
+        session::establish(target, opts, span.clone())
+            .instrument(span)
+            .await
     }
 
     /// The message stream id the server gave us.
@@ -253,7 +258,15 @@ impl Publisher {
                 let name = Value::string(self.stream_name.as_str());
                 let cmds = [
                     (0, Command::new("FCUnpublish", 6.0, Value::Null, vec![name])),
-                    (0, Command::new("deleteStream", 7.0, Value::Null, vec![Value::Number(self.stream_id.into())])),
+                    (
+                        0,
+                        Command::new(
+                            "deleteStream",
+                            7.0,
+                            Value::Null,
+                            vec![Value::Number(self.stream_id.into())],
+                        ),
+                    ),
                 ];
                 for (stream_id, c) in cmds {
                     let h = MessageHeader {
@@ -273,7 +286,10 @@ impl Publisher {
             // then keeps unread answers from turning our close into a reset.
             let _ = (&mut self.reader).await;
         };
-        if tokio::time::timeout(timeout, polite.instrument(span)).await.is_err() {
+        if tokio::time::timeout(timeout, polite.instrument(span))
+            .await
+            .is_err()
+        {
             tracing::debug!("closing: server did not hang up within {timeout:?}");
         }
     }

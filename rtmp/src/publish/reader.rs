@@ -197,7 +197,11 @@ pub(super) struct ReaderParts {
 
 /// The reader task: runs until EOF, a read error, a protocol error or a status
 /// error, records it in `shared`, and ends. (The publisher aborts it when dropped.)
-pub(super) async fn run<R: AsyncRead + Unpin>(mut rd: R, mut parts: ReaderParts, shared: std::sync::Arc<Shared>) {
+pub(super) async fn run<R: AsyncRead + Unpin>(
+    mut rd: R,
+    mut parts: ReaderParts,
+    shared: std::sync::Arc<Shared>,
+) {
     let e = read_until_error(&mut rd, &mut parts, &shared).await;
     tracing::debug!(error = %e, "RTMP reader stopped");
     shared.fail(e);
@@ -244,7 +248,11 @@ async fn read_until_error<R: AsyncRead + Unpin>(
                     shared.push(a);
                 }
             }
-            Err(e) => return RtmpError::Closed { reason: e.to_string() },
+            Err(e) => {
+                return RtmpError::Closed {
+                    reason: e.to_string(),
+                }
+            }
         }
     }
 }
@@ -266,7 +274,12 @@ mod tests {
     #[test]
     fn shared_keeps_latest_answers() {
         let s = Shared::default();
-        for a in [Answer::Ack(1), Answer::Ack(2), Answer::Pong(5), Answer::WindowAckSize(9)] {
+        for a in [
+            Answer::Ack(1),
+            Answer::Ack(2),
+            Answer::Pong(5),
+            Answer::WindowAckSize(9),
+        ] {
             s.push(a);
         }
         for t in 10..20 {
@@ -276,7 +289,14 @@ mod tests {
         s.take_answers(|a| got.push(a));
         assert_eq!(
             got,
-            [Answer::WindowAckSize(9), Answer::Ack(2), Answer::Pong(5), Answer::Pong(10), Answer::Pong(11), Answer::Pong(19)]
+            [
+                Answer::WindowAckSize(9),
+                Answer::Ack(2),
+                Answer::Pong(5),
+                Answer::Pong(10),
+                Answer::Pong(11),
+                Answer::Pong(19)
+            ]
         );
         let mut again = Vec::new();
         s.take_answers(|a| again.push(a));

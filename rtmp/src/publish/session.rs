@@ -23,6 +23,9 @@ pub(super) const COMMAND_CSID: u32 = 3;
 /// `flashVer` in connect: what encoders such as ffmpeg and OBS send when publishing.
 const FLASH_VER: &str = "FMLE/3.0 (compatible; vodfleet)";
 
+/// The reason of a `Closed` error for a clean end of the stream.
+const EOF: &str = "the server closed the connection";
+
 const STAGES: [&str; 6] = [
     "connecting",
     "TLS handshake",
@@ -61,11 +64,12 @@ pub(super) async fn establish(
 
 async fn tcp_connect(target: &Target) -> Result<TcpStream, RtmpError> {
     let (host, port) = (target.host(), target.port());
-    let addrs = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| RtmpError::Unreachable {
-            reason: format!("cannot resolve {host}: {e}"),
-        })?;
+    let addrs =
+        tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| RtmpError::Unreachable {
+                reason: format!("cannot resolve {host}: {e}"),
+            })?;
     let mut last = format!("{host} resolved to no address");
     for addr in addrs {
         match TcpStream::connect(addr).await {
@@ -95,7 +99,13 @@ fn closed(e: std::io::Error) -> RtmpError {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Setup<S> {
-    fn queue(&mut self, csid: u32, type_id: u8, stream_id: u32, body: &Bytes) -> Result<(), RtmpError> {
+    fn queue(
+        &mut self,
+        csid: u32,
+        type_id: u8,
+        stream_id: u32,
+        body: &Bytes,
+    ) -> Result<(), RtmpError> {
         let h = MessageHeader {
             csid,
             timestamp: 0,
@@ -105,13 +115,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Setup<S> {
         self.chunks_out.write(&h, body, &mut self.out)
     }
 
-    fn command(&mut self, stream_id: u32, name: &str, txn: f64, object: Value, args: Vec<Value>) -> Result<(), RtmpError> {
+    fn command(
+        &mut self,
+        stream_id: u32,
+        name: &str,
+        txn: f64,
+        object: Value,
+        args: Vec<Value>,
+    ) -> Result<(), RtmpError> {
         let body = Command::new(name, txn, object, args).encode();
         self.queue(COMMAND_CSID, type_id::COMMAND_AMF0, stream_id, &body)
     }
 
     async fn send(&mut self) -> Result<(), RtmpError> {
-        write_queue(&mut self.io, &mut self.out).await.map_err(closed)
+        write_queue(&mut self.io, &mut self.out)
+            .await
+            .map_err(closed)
     }
 
     /// Reads until the next command, answering control messages on the way.
@@ -129,10 +148,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Setup<S> {
                 }
             }
             self.parts.buf.reserve(4096);
-            let n = self.io.read_buf(&mut self.parts.buf).await.map_err(closed)?;
+            let n = self
+                .io
+                .read_buf(&mut self.parts.buf)
+                .await
+                .map_err(closed)?;
             if n == 0 {
                 return Err(RtmpError::Closed {
-                    reason: "the server closed the connection".to_owned(),
+                    reason: EOF.to_owned(),
                 });
             }
             if let Some(a) = self.parts.acks.received(n) {
@@ -149,7 +172,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Setup<S> {
     async fn result(&mut self, txn: f64) -> Result<Command, RtmpError> {
         loop {
             let c = self.next_command().await?;
-            let secrets = [self.parts.secrets[0].as_str(), self.parts.secrets[1].as_str()];
+            let secrets = [
+                self.parts.secrets[0].as_str(),
+                self.parts.secrets[1].as_str(),
+            ];
             if let Some(e) = reader::status_error(&c, &secrets) {
                 return Err(e);
             }
@@ -205,7 +231,12 @@ where
     // connect, and that one), then connect.
     stage.store(3, Ordering::Relaxed);
     let chunk_size = opts.chunk_size.clamp(1, 0x7FFF_FFFF);
-    s.queue(CONTROL_CSID, type_id::SET_CHUNK_SIZE, 0, &message::set_chunk_size(chunk_size))?;
+    s.queue(
+        CONTROL_CSID,
+        type_id::SET_CHUNK_SIZE,
+        0,
+        &message::set_chunk_size(chunk_size),
+    )?;
     s.chunks_out.set_chunk_size(chunk_size);
     let connect = Value::object([
         ("app", Value::string(target.app())),
@@ -233,7 +264,13 @@ where
         as u32;
 
     stage.store(5, Ordering::Relaxed);
-    s.command(stream_id, "publish", 5.0, Value::Null, vec![name, Value::string("live")])?;
+    s.command(
+        stream_id,
+        "publish",
+        5.0,
+        Value::Null,
+        vec![name, Value::string("live")],
+    )?;
     s.send().await?;
     wait_publish_start(&mut s).await?;
     tracing::debug!(stream_id, "publishing");
@@ -264,14 +301,20 @@ where
 /// After `publish`: onStatus `NetStream.Publish.Start` is success; an error
 /// status, `_error`, or the server hanging up (nginx-rtmp's answer when its
 /// `on_publish` hook says no) is a refusal.
-async fn wait_publish_start<S: AsyncRead + AsyncWrite + Unpin>(s: &mut Setup<S>) -> Result<(), RtmpError> {
+async fn wait_publish_start<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut Setup<S>,
+) -> Result<(), RtmpError> {
     loop {
         let c = match s.next_command().await {
             Ok(c) => c,
             Err(RtmpError::Closed { reason }) => {
                 return Err(RtmpError::Refused {
                     code: "connection closed".to_owned(),
-                    description: format!("the server ended the connection in answer to publish ({reason})"),
+                    description: if reason == EOF {
+                        "the server hung up in answer to publish".to_owned()
+                    } else {
+                        format!("the server hung up in answer to publish ({reason})")
+                    },
                 })
             }
             Err(e) => return Err(e),

@@ -51,8 +51,8 @@ impl TlsRoots {
                 .map_err(|e| config_err(format!("cannot read CA file {shown}: {e}")))?;
             let mut added = 0;
             for (i, cert) in CertificateDer::pem_slice_iter(&pem).enumerate() {
-                let cert = cert
-                    .map_err(|e| config_err(format!("CA file {shown} is not valid PEM: {e}")))?;
+                let cert =
+                    cert.map_err(|e| config_err(format!("CA file {shown} is not valid PEM: {e}")))?;
                 roots.add(cert).map_err(|e| {
                     config_err(format!("CA file {shown}: certificate {}: {e}", i + 1))
                 })?;
@@ -129,7 +129,10 @@ mod tests {
         let junk = dir.path().join("junk.pem");
         std::fs::write(&junk, "not a certificate\n").unwrap();
         let e = TlsRoots::new(Some(&junk)).unwrap_err();
-        assert!(e.to_string().contains("junk.pem") && e.to_string().contains("no PEM"), "{e}");
+        assert!(
+            e.to_string().contains("junk.pem") && e.to_string().contains("no PEM"),
+            "{e}"
+        );
 
         let broken = dir.path().join("broken.pem");
         std::fs::write(

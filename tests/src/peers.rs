@@ -1,0 +1,256 @@
+//! Other RTMP peers for the publisher's interop tests: FFmpeg's own RTMP server
+//! mode, and stunnel (TLS) in front of nginx-rtmp with a CA the test makes.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use crate::media::ffmpeg;
+use crate::rtmp::free_port;
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A self-signed CA and a server certificate it signed for 127.0.0.1 and
+/// localhost, made with the openssl CLI (EC P-256, valid two days).
+pub struct TestCa {
+    dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    /// Makes the CA and the server certificate in a new temporary directory.
+    pub fn new() -> TestCa {
+        let dir = tempfile::Builder::new()
+            .prefix("vodfleet-ca-")
+            .tempdir()
+            .expect("tempdir");
+        let d = dir.path();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(Command::new("openssl")
+            .current_dir(d)
+            .args(["req", "-x509"])
+            .args(ec)
+            .args(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2"])
+            .args(["-subj", "/CN=vodfleet test CA"])
+            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+            .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]));
+        run(Command::new("openssl")
+            .current_dir(d)
+            .arg("req")
+            .args(ec)
+            .args([
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ]));
+        std::fs::write(
+            d.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n\
+             basicConstraints=critical,CA:FALSE\n\
+             keyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=serverAuth\n",
+        )
+        .expect("write server.ext");
+        run(Command::new("openssl").current_dir(d).args([
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            "2",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ]));
+        TestCa { dir }
+    }
+
+    /// The CA certificate (PEM), for `TlsRoots::new(Some(..))`.
+    pub fn ca_pem(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// The server certificate (PEM).
+    pub fn server_pem(&self) -> PathBuf {
+        self.dir.path().join("server.pem")
+    }
+
+    /// The server's private key (PEM).
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.path().join("server.key")
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        TestCa::new()
+    }
+}
+
+/// Waits until something accepts TCP connections on 127.0.0.1:`port`.
+fn wait_listening(port: u16, child: &mut Child, what: &str) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let up = crate::poll(Duration::from_secs(10), || {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("{what} exited early: {st}");
+        }
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+    });
+    assert!(up.is_some(), "{what} did not listen on {addr} within 10 s");
+}
+
+/// stunnel terminating TLS on a free port and forwarding to 127.0.0.1:`to_port`.
+pub struct Stunnel {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Stunnel {
+    /// Starts stunnel with the CA's server certificate; returns once it listens.
+    pub fn start(ca: &TestCa, to_port: u16) -> Stunnel {
+        let dir = tempfile::Builder::new()
+            .prefix("vodfleet-stunnel-")
+            .tempdir()
+            .expect("tempdir");
+        let port = free_port();
+        let conf = format!(
+            "foreground = yes\npid =\ndebug = 4\noutput = {log}\n\n[rtmps]\naccept = 127.0.0.1:{port}\n\
+             connect = 127.0.0.1:{to_port}\ncert = {cert}\nkey = {key}\n",
+            log = dir.path().join("stunnel.log").display(),
+            cert = ca.server_pem().display(),
+            key = ca.server_key().display(),
+        );
+        let conf_path = dir.path().join("stunnel.conf");
+        std::fs::write(&conf_path, conf).expect("write stunnel.conf");
+        let bin = std::env::var("VODFLEET_STUNNEL").unwrap_or_else(|_| "stunnel4".into());
+        let mut child = Command::new(&bin)
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {bin}: {e} (is stunnel4 installed?)"));
+        wait_listening(port, &mut child, "stunnel");
+        Stunnel {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// The TLS port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for Stunnel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ffmpeg -listen 1 -i rtmp://127.0.0.1:PORT/app/KEY -c copy -f flv OUT`: FFmpeg
+/// as an RTMP server for one publisher, copying what it receives into `out`.
+/// It cannot be probed (the first connection is the one it serves), so the
+/// publisher retries its connect until the port answers.
+pub struct FfmpegListener {
+    port: u16,
+    out: PathBuf,
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl FfmpegListener {
+    /// Starts ffmpeg listening for `app/key`, writing to `out`.
+    pub fn start(app: &str, key: &str, out: &Path) -> FfmpegListener {
+        let port = free_port();
+        let stderr = out.with_extension("ffmpeg.log");
+        let log = std::fs::File::create(&stderr).expect("create ffmpeg log");
+        let child = Command::new(ffmpeg())
+            .args([
+                "-hide_banner",
+                "-nostdin",
+                "-v",
+                "error",
+                "-y",
+                "-listen",
+                "1",
+                "-i",
+            ])
+            .arg(format!("rtmp://127.0.0.1:{port}/{app}/{key}"))
+            .args(["-c", "copy", "-f", "flv"])
+            .arg(out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn ffmpeg: {e}"));
+        FfmpegListener {
+            port,
+            out: out.to_path_buf(),
+            child,
+            stderr,
+        }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Waits (at most `timeout`) for ffmpeg to finish writing and exit.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let st = crate::poll(timeout, || self.child.try_wait().ok().flatten());
+        st.unwrap_or_else(|| {
+            let _ = self.child.kill();
+            panic!(
+                "ffmpeg did not exit within {timeout:?} after the publisher closed\n{}",
+                self.log()
+            )
+        })
+    }
+
+    /// What ffmpeg printed.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// The file it wrote.
+    pub fn out(&self) -> &Path {
+        &self.out
+    }
+}
+
+impl Drop for FfmpegListener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
