@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use vodfleet_proto::fleet::DestinationState;
 use vodfleet_proto::redact;
-use vodfleet_rtmp::publish::{PublishOptions, Publisher};
+use vodfleet_rtmp::publish::{PublishOptions, Publisher, Tag, TagKind};
 use vodfleet_rtmp::url::Target;
 use vodfleet_rtmp::{ErrorKind, RtmpError};
 
@@ -259,11 +259,20 @@ impl Sender {
                         continue;
                     }
                     started = true;
-                    p.queue(&vodfleet_rtmp::publish::Tag {
-                        kind: vodfleet_rtmp::publish::TagKind::Data,
-                        timestamp_ms: f.dts_ms as u32,
+                    // Like a fresh FLV file: metadata and sequence headers at time 0
+                    // (servers that record take the first tag's time as their epoch,
+                    // so the stream's own clock is kept, resumes included).
+                    p.queue(&Tag {
+                        kind: TagKind::Data,
+                        timestamp_ms: 0,
                         payload: self.setup.tracks.metadata.clone(),
                     });
+                    for track in [Track::Video, Track::Audio] {
+                        if let Some(h) = &self.current[track as usize] {
+                            p.queue(&header_tag(track, h, 0));
+                            sent[track as usize] = Some(h.clone());
+                        }
+                    }
                 }
                 let t = f.track as usize;
                 if let Some(h) = &self.current[t] {
