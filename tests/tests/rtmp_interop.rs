@@ -390,3 +390,35 @@ fn a_server_that_dies_mid_stream_is_closed_not_refused() {
     assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
     assert!(e.kind().is_retryable());
 }
+
+#[test]
+fn nginx_takes_extended_timestamps_across_chunks() {
+    // Timestamps from just under 0xFFFFFF (4.66 h into a stream) on: type 0
+    // headers carry extended timestamps, repeated on type 3 continuation chunks
+    // (4 KiB chunks split every video frame).
+    let (media, src) = source();
+    let mut tags = rebuild(
+        &src,
+        Form {
+            annexb: false,
+            adts: false,
+        },
+    );
+    for t in &mut tags {
+        t.timestamp_ms += 0xFF_FF00;
+    }
+    let server = RtmpServer::start();
+    let key = unique("late");
+    let small_chunks = PublishOptions {
+        chunk_size: 4096,
+        ..opts()
+    };
+    runtime()
+        .block_on(async {
+            let p = connect(&server.url(&key), &small_chunks).await?;
+            send_all(p, &tags).await
+        })
+        .unwrap_or_else(|e| panic!("publish: {e}\n{}", server.logs()));
+    server.assert_one_session(&key);
+    judge(&server.record_path(&key), &media, &src);
+}

@@ -300,3 +300,27 @@ impl Drop for Publisher {
         self.reader.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// The engine runs publishers on any runtime: connect and flush must be Send.
+    #[allow(dead_code)]
+    fn futures_are_send(t: &Target, o: &PublishOptions, p: &mut Publisher) {
+        assert_send(&Publisher::connect(t, o));
+        assert_send(&p.flush());
+    }
+
+    #[test]
+    fn tag_kinds_are_message_types() {
+        assert_eq!(
+            [TagKind::Audio, TagKind::Video, TagKind::Data].map(TagKind::type_id),
+            [type_id::AUDIO, type_id::VIDEO, type_id::DATA_AMF0]
+        );
+        let o = PublishOptions::default();
+        assert_eq!((o.timeout, o.chunk_size), (Duration::from_secs(10), 65_536));
+    }
+}
