@@ -1,4 +1,5 @@
-//! RabbitMQ for vodfleet (DESIGN §4): one place that knows the topology.
+//! RabbitMQ for vodfleet: one place that knows the topology
+//! (docs/design/fleet.md#topology-declared-by-every-process-at-start-and-after-every-reconnect).
 //!
 //! Every process calls [`Bus::connect`] at start and again after a connection
 //! loss; it declares the whole topology each time (declarations are idempotent),
@@ -257,7 +258,7 @@ pub fn json_props() -> BasicProperties {
         .with_content_type(ShortString::from("application/json"))
 }
 
-/// Declares queues and exchanges of DESIGN §4 (idempotent).
+/// Declares the queues and exchanges of docs/design/fleet.md's topology (idempotent).
 pub async fn declare(ch: &Channel) -> Result<(), BusError> {
     let durable = QueueDeclareOptions {
         durable: true,

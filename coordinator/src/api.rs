@@ -1,4 +1,4 @@
-//! HTTP on the coordinator (DESIGN §2.2, §2.5).
+//! HTTP on the coordinator (docs/contract.md#http-api; metrics in docs/METRICS.md).
 //!
 //! `POST /api/cdn/v2/forwardRequest.action` (the seed's path) and
 //! `POST /v1/commands` validate a command and publish it to `vodfleet.commands`,

@@ -1,4 +1,4 @@
-//! Callbacks to `transcallbackurl` (DESIGN §2.4).
+//! Callbacks to `transcallbackurl` (docs/contract.md#callbacks).
 //!
 //! Queued without waiting (a slow receiver never delays a command or a stream),
 //! sent by a background task with bounded concurrency, signed like the API,

@@ -1,4 +1,5 @@
-//! Commands from `vodfleet.commands` (DESIGN §2.1, §3, §4.2).
+//! Commands from `vodfleet.commands` (docs/contract.md#queue, docs/contract.md#commands,
+//! docs/contract.md#idempotency).
 //!
 //! Validate, apply once (idempotent by message id or body digest), answer the
 //! producer if it asked (`reply_to`), then ack. A refused command is answered

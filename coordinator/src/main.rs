@@ -1,4 +1,5 @@
-//! vodfleet-coordinator: the fleet's control plane (DESIGN §4).
+//! vodfleet-coordinator: the fleet's control plane (docs/ARCHITECTURE.md,
+//! docs/design/fleet.md).
 //!
 //! Stateless replicas: everything lives in Redis, every transition of a task is
 //! one atomic script, so any number may run side by side. Each replica consumes

@@ -1,4 +1,4 @@
-//! The command contract of DESIGN §3: seed-001 bodies validated into typed commands.
+//! The command contract (docs/contract.md): seed-001 bodies validated into typed commands.
 //!
 //! Validation is split in two: [`parse_command`] checks everything that does not
 //! depend on the clock (shape, types, limits, value syntax, codec carriage), and
@@ -9,7 +9,7 @@ use crate::error::{FieldError, FieldPath};
 use crate::wire::{self, Lenient};
 use serde::{Deserialize, Serialize};
 
-/// Largest body accepted, in bytes (DESIGN §3 "Limits").
+/// Largest body accepted, in bytes (docs/contract.md#limits).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_TASKS: usize = 50;
 pub const MAX_SOURCES: usize = 100;

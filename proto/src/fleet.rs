@@ -1,4 +1,4 @@
-//! The fleet's wire contract (DESIGN §4): RabbitMQ topology, the messages that
+//! The fleet's wire contract: RabbitMQ topology, the messages that
 //! cross it, and the Redis key layout. Coordinators and workers meet only here.
 //!
 //! See docs/design/fleet.md for the lease protocol these messages implement.
@@ -45,7 +45,7 @@ pub mod keys {
     pub fn applied(digest: &str) -> String {
         format!("vodfleet:applied:{digest}")
     }
-    /// 48 hours, as DESIGN §3 and the seed require.
+    /// 48 hours, as the seed requires (docs/contract.md#resume-record).
     pub const RESUME_TTL_SECS: u64 = 172_800;
 }
 
@@ -131,7 +131,7 @@ pub enum WorkerMessage {
         position: Position,
         callback_url: Option<String>,
     },
-    /// Something a producer may want a callback for (DESIGN §2.4).
+    /// Something a producer may want a callback for (docs/contract.md#callbacks).
     Event {
         worker_id: String,
         task_id: String,

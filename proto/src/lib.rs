@@ -1,7 +1,7 @@
 //! Wire types shared by every vodfleet process.
 //!
-//! - [`command`]: the seed-001 command contract, validated (DESIGN §3).
-//! - [`position`], [`fleet`]: what coordinators and workers exchange (DESIGN §4).
+//! - [`command`]: the seed-001 command contract, validated (docs/contract.md).
+//! - [`position`], [`fleet`]: what coordinators and workers exchange (docs/design/fleet.md).
 //! - [`sign`]: HMAC-SHA256 signatures for the HTTP API and callbacks.
 //! - [`redact`]: the one place that decides how a URL may be printed.
 

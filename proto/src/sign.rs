@@ -1,4 +1,5 @@
-//! HMAC-SHA256 request and callback signatures (DESIGN §2).
+//! HMAC-SHA256 request and callback signatures (docs/contract.md#signatures,
+//! docs/design/fleet.md#signatures).
 //!
 //! The signed message is `"{timestamp}.{nonce}.{METHOD}.{path}.{body}"`, so a
 //! signature is bound to one request: its method, its path (with query), its body

@@ -1,4 +1,4 @@
-//! Contract tests for the seed-001 command body (DESIGN §3).
+//! Contract tests for the seed-001 command body (docs/contract.md).
 //!
 //! `fixtures/seed001/*.json` are the seed's example request bodies copied verbatim
 //! (tabs and all). Every one of them must parse, with the values the seed means.

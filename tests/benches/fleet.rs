@@ -1,6 +1,7 @@
-//! Fleet benchmark (issue 3, DESIGN §6): the real `vodfleet-coordinator` and
-//! `vodfleet-worker run` against real RabbitMQ (own vhost), Redis (own server)
-//! and nginx-rtmp, through the end-to-end harness (`tests/src/fleet.rs`).
+//! Fleet benchmark (issue 3; results in docs/BENCHMARKS.md#fleet-issue-3): the
+//! real `vodfleet-coordinator` and `vodfleet-worker run` against real RabbitMQ
+//! (own vhost), Redis (own server) and nginx-rtmp, through the end-to-end harness
+//! (`tests/src/fleet.rs`).
 //!
 //! ```sh
 //! cargo build --release --bins          # the harness runs target/release/* for a bench

@@ -1,4 +1,5 @@
-//! `relofftime` cuts an item into ranges played in order (DESIGN.md §3): a 10 s
+//! `relofftime` cuts an item into ranges played in order (docs/contract.md#src,
+//! docs/design/timeline.md#cuts-relofftime): a 10 s
 //! file cut to "1-3;5-6" plays 3 s, each cut starting at the keyframe at or
 //! before its start (copy mode), so at most one GOP longer per cut.
 

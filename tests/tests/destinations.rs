@@ -1,6 +1,7 @@
-//! Destinations are isolated (DESIGN.md §5): one that drops the connection, is
-//! refused, or never answers is retried 3 times with backoff and then given up,
-//! while the good destination gets the whole stream in one session with no gap.
+//! Destinations are isolated (docs/design/timeline.md#destinations): one that
+//! drops the connection, is refused, or never answers is retried 3 times with
+//! backoff and then given up, while the good destination gets the whole stream in
+//! one session with no gap.
 
 use serde_json::json;
 use std::time::Duration;

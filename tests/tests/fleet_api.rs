@@ -1,4 +1,4 @@
-//! The coordinator's HTTP API (DESIGN §2.2): the seed's drop-in path with HMAC
+//! The coordinator's HTTP API (docs/contract.md#http-api): the seed's drop-in path with HMAC
 //! request signatures (refused unsigned, badly signed, stale or replayed), the
 //! task listings, and stream keys never shown in them.
 

@@ -1,5 +1,6 @@
 //! An invalid task file is refused before anything starts: exit code 2 and the
-//! JSON path of the offending field on stderr (DESIGN.md §3, "Limits").
+//! JSON path of the offending field on stderr (docs/contract.md#limits,
+//! docs/contract.md#errors).
 
 use serde_json::json;
 use std::time::Duration;

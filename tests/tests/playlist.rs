@@ -1,4 +1,4 @@
-//! One continuous timeline across items and loops (DESIGN.md §5): three items
+//! One continuous timeline across items and loops (docs/design/timeline.md): three items
 //! (two different mp4 files and an flv) played twice into two destinations on the
 //! same nginx. Each destination must see one RTMP session whose recording lasts
 //! exactly as long as everything that was played, with timestamps that only grow,

@@ -1,4 +1,4 @@
-//! How HTTP sources are fetched (DESIGN.md §5): an interrupted download resumes
+//! How HTTP sources are fetched (docs/ARCHITECTURE.md): an interrupted download resumes
 //! with `Range: bytes=N-` from exactly where it stopped, every redirect hop is
 //! checked against the URL policy again, and a source the policy refuses is
 //! never contacted. Judged by what a real HTTP server saw, the worker's events

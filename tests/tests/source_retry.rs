@@ -1,5 +1,6 @@
 //! Sources are fetched with a 10 s timeout and 3 attempts with backoff
-//! (DESIGN.md §5, seed 001's "10 s × 3 retries"), judged by what a real HTTP
+//! (seed 001's "10 s × 3 retries"; docs/ARCHITECTURE.md and the README's
+//! `VODFLEET_SOURCE_*` settings), judged by what a real HTTP
 //! server saw and what reached nginx.
 
 use serde_json::json;

@@ -1,4 +1,4 @@
-//! `fops` transcoding (DESIGN.md §3): size, frame rate and bitrate of what nginx
+//! `fops` transcoding (docs/contract.md#fops): size, frame rate and bitrate of what nginx
 //! recorded, measured by ffprobe.
 
 use serde_json::{json, Value};

@@ -2,7 +2,7 @@
 //! own per test) and a real nginx-rtmp, with the test playing the coordinator:
 //! it publishes work orders, reads heartbeats and answers them with lease acks.
 //!
-//! What must hold (DESIGN §4, docs/design/fleet.md): orders are taken up to the
+//! What must hold (docs/design/fleet.md#lease-protocol): orders are taken up to the
 //! slot limit and acked at once; heartbeats carry a growing position; a revoked
 //! lease stops its stream at once and withheld acks stop every stream within the
 //! lease TTL (judged by nginx: the publisher is gone); SIGTERM releases each task

@@ -5,9 +5,9 @@ use crate::cli::{CutArgs, FopsArgs, ResumeArgs, StartArgs, StopArgs, UpdateArgs}
 use serde_json::{json, Map, Value};
 use vodfleet_proto::{parse_command, Cmd, Command, FieldError};
 
-/// What `resume` sends as `src` when none is given. The contract requires at
-/// least one source in every cmd "5" body, and the coordinator resumes the
-/// recorded list and ignores these (DESIGN §3 "cmd 5").
+/// What `resume` sends as `src` when none is given. A cmd "5" body may leave
+/// `src` out; the coordinator resumes the recorded list and ignores any it is
+/// sent (docs/contract.md#resume).
 pub const RESUME_PLACEHOLDER_SRC: &str = "vod://vodctl-resume-uses-the-recorded-list";
 
 /// cmd "1". `args.file` is handled by the caller (it is sent as is).

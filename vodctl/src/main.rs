@@ -1,4 +1,4 @@
-//! vodctl: the vodfleet CLI (DESIGN §2.3). `vodctl --help` and docs/vodctl.md
+//! vodctl: the vodfleet CLI. `vodctl --help` and docs/vodctl.md
 //! say how to use it.
 //!
 //! Every command body is checked locally with `vodfleet_proto::parse_command`
