@@ -108,7 +108,7 @@ impl TaskStatus {
     }
 }
 
-/// The callback-worthy happenings of one task run (DESIGN §2.4), numbered in
+/// The callback-worthy happenings of one task run (docs/contract.md#callbacks), numbered in
 /// order: `seq` starts at 1 and grows by one per event of this run.
 #[derive(Default)]
 pub struct Callbacks {

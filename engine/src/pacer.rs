@@ -1,4 +1,4 @@
-//! Real-time pacing by DTS against a monotonic clock (DESIGN §5).
+//! Real-time pacing by DTS against a monotonic clock (docs/design/timeline.md#pacing).
 //!
 //! A packet is due when the wall clock has advanced as far past the origin as
 //! its DTS has, less an initial burst: the first `burst` of media goes out at

@@ -1,4 +1,4 @@
-//! One continuous output timeline per task (DESIGN §5).
+//! One continuous output timeline per task (docs/design/timeline.md).
 //!
 //! A task plays *segments*: an item, or one range of an item's `relofftime`,
 //! on every loop. Each segment's source timestamps are moved so that the

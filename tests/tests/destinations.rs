@@ -122,3 +122,36 @@ fn a_silent_destination_times_out_three_times_and_the_other_goes_on() {
     );
     w.assert_not_printed(&bad_key);
 }
+
+/// A publish the server refuses (nginx-rtmp's `on_publish` answering 403) is
+/// reported as failed after one attempt, with the refusal as its reason, and
+/// is not retried like a dropped connection; the other destination goes on.
+#[test]
+fn a_publish_the_server_refuses_fails_after_one_attempt() {
+    let media = Media::mp4(3.0, "640x360", 25, 25, Pattern::TestSrc2);
+    let rtmp = RtmpServer::start();
+    let (good, bad_key) = (unique("dest-good"), unique("dest-denied"));
+    let denied = rtmp.url(&bad_key).replace("/live/", "/refuse/");
+    let task = json!({
+        "id": unique("dest"),
+        "src": [{"url": media.vod_url()}],
+        "forward": [{"url": rtmp.url(&good)}, {"url": denied}],
+        "extendParam": {"loop": "1"}
+    });
+    let mut w = Worker::play(task, &[("VODFLEET_RETRY_BACKOFF_MS", "200")]);
+    let status = w.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "{}", w.report());
+    let failed: Vec<_> = w
+        .events()
+        .into_iter()
+        .filter(|e| is_destination(e, 1, "failed"))
+        .collect();
+    assert_eq!(failed.len(), 1, "one failed event for the refused destination\n{}", w.report());
+    assert_eq!(max_attempt(&w, 1), 1, "a refusal is not retried\n{}", w.report());
+    let reason = failed[0]["error"].as_str().unwrap_or_default();
+    assert!(reason.contains("refused"), "the reason names the refusal: {reason:?}");
+    rtmp.assert_one_session(&good);
+    let rec = Recording::read(&rtmp.record_path(&good));
+    assert!((rec.video_secs() - media.video_secs()).abs() <= 2.0 / FPS, "{}", rec.summary());
+    w.assert_not_printed(&bad_key);
+}

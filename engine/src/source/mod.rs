@@ -1,6 +1,6 @@
 //! Sources: turns each item's URL into a local file that libavformat may open.
 //!
-//! libavformat never sees a network URL (DESIGN §5): `http(s)` sources are
+//! libavformat never sees a network URL (docs/ARCHITECTURE.md, "Secrets"): `http(s)` sources are
 //! downloaded by our own client into the task's cache directory, `vod://NAME`
 //! is resolved inside the media root. Downloads of later items run while
 //! earlier ones play, and each URL is fetched once per task however often it loops.

@@ -2,8 +2,9 @@
 //! (docs/design/fleet.md, "Capacity").
 //!
 //! Once a second the worker samples its load: the CPU its process used (as a
-//! share of the cores it may use), how idle the whole machine was, how late the
-//! engine's event loops wake up, and how far its streams lag behind real time.
+//! share of the cores it may use), how late the engine's event loops wake up,
+//! and how far its streams lag behind real time (and, for the log, how idle the
+//! whole machine was).
 //! [`Capacity::judge`] turns a sample into a verdict:
 //!
 //! - **Take**: room to spare; work orders are consumed while slots are free.
@@ -20,7 +21,10 @@ use std::time::Instant;
 pub struct Load {
     /// CPU used by this process over the sample, as a share of the cores it may use (0..=1).
     pub cpu: f64,
-    /// Share of the whole machine's CPU time that was idle (0..=1).
+    /// Share of the whole machine's CPU time that was idle (0..=1). Logged,
+    /// not judged: on a shared machine (a Kubernetes node, a CI box) others'
+    /// load is not this worker's; its own shards' lateness and its streams'
+    /// lag say when the machine cannot carry its streams.
     pub idle: f64,
     /// Worst lateness of an engine event-loop wake-up in the sample, ms.
     pub loop_delay_ms: u64,
@@ -42,8 +46,6 @@ pub enum Verdict {
 pub struct Limits {
     /// Stop taking orders at this CPU share of the process's cores.
     pub cpu_full: f64,
-    /// … or when the machine is less idle than this.
-    pub idle_full: f64,
     /// … or when event loops wake this late (ms).
     pub delay_full_ms: u64,
     /// … or when a stream lags this far (ms).
@@ -60,7 +62,6 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             cpu_full: 0.85,
-            idle_full: 0.05,
             delay_full_ms: 50,
             lag_full_ms: 500,
             delay_shed_ms: 250,
@@ -93,11 +94,13 @@ impl Capacity {
             // One release per sample at most: the load it frees shows in the next one.
             return Verdict::Shed;
         }
-        let full = l.cpu >= lim.cpu_full
-            || l.idle < lim.idle_full
-            || l.loop_delay_ms >= lim.delay_full_ms
-            || l.max_lag_ms >= lim.lag_full_ms
-            || over;
+        // A worker with no streams is never full: whatever loads the machine,
+        // it is not its own work, and taking some is better than none.
+        let full = l.tasks > 0
+            && (l.cpu >= lim.cpu_full
+                || l.loop_delay_ms >= lim.delay_full_ms
+                || l.max_lag_ms >= lim.lag_full_ms
+                || over);
         if full {
             Verdict::Full
         } else {
@@ -188,7 +191,8 @@ mod tests {
         let table: &[(&[Load], &[Verdict])] = &[
             (&[load(0.3, 0.6, 2, 0)], &[Take]),
             (&[load(0.9, 0.5, 2, 0)], &[Full]),
-            (&[load(0.5, 0.01, 2, 0)], &[Full]),
+            // A busy machine alone is not this worker's load.
+            (&[load(0.5, 0.01, 2, 0)], &[Take]),
             (&[load(0.5, 0.5, 80, 0)], &[Full]),
             (&[load(0.5, 0.5, 2, 700)], &[Full]),
             // Overloaded three samples in a row: shed, one task per sample.
@@ -210,11 +214,11 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_worker_never_sheds() {
+    fn a_worker_without_streams_always_takes_work() {
         let mut c = Capacity::new(Limits::default());
-        let idle = Load { loop_delay_ms: 900, tasks: 0, ..Load::default() };
+        let busy_box = Load { cpu: 1.0, idle: 0.0, loop_delay_ms: 900, max_lag_ms: 0, tasks: 0 };
         for _ in 0..10 {
-            assert_ne!(c.judge(&idle), Verdict::Shed);
+            assert_eq!(c.judge(&busy_box), Verdict::Take);
         }
     }
 

@@ -1,5 +1,5 @@
 //! Fleet mode: `vodfleet-worker run` takes work orders from RabbitMQ and streams
-//! them under leases (DESIGN §4, docs/design/fleet.md).
+//! them under leases (docs/design/fleet.md).
 //!
 //! - `link`: the RabbitMQ side: (re)connection, the work consumer with its slot
 //!   limit, the control queue, and the outbox of messages that must arrive.
