@@ -235,30 +235,96 @@ mod tests {
     fn ranges_snap_to_keyframes_on_tables_of_layouts() {
         // (gop in frames, B-frames, seek to, range start, range end) →
         // (first and last video frame, first and last audio frame, begin pts)
-        let table: &[(i64, bool, i64, i64, i64, (&str, &str), (&str, &str), i64)] = &[
+        type Row<'a> = (
+            i64,
+            bool,
+            i64,
+            i64,
+            i64,
+            (&'a str, &'a str),
+            (&'a str, &'a str),
+            i64,
+        );
+        let table: &[Row] = &[
             // Whole range on keyframes: 2 s .. 4 s with a 1 s GOP plays frames 50..99.
-            (25, false, 2_000_000, 2_000_000, 4_000_000, ("v50", "v99"), ("a87", "a173"), 2_000_000),
+            (
+                25,
+                false,
+                2_000_000,
+                2_000_000,
+                4_000_000,
+                ("v50", "v99"),
+                ("a87", "a173"),
+                2_000_000,
+            ),
             // A cut inside a GOP runs on to the next keyframe (4 s → frame 100 is the stop).
-            (25, false, 2_000_000, 2_000_000, 3_500_000, ("v50", "v99"), ("a87", "a173"), 2_000_000),
+            (
+                25,
+                false,
+                2_000_000,
+                2_000_000,
+                3_500_000,
+                ("v50", "v99"),
+                ("a87", "a173"),
+                2_000_000,
+            ),
             // A start inside a GOP: the seek landed on the keyframe before (2 s).
-            (50, false, 2_000_000, 2_600_000, 4_000_000, ("v50", "v99"), ("a87", "a173"), 2_000_000),
+            (
+                50,
+                false,
+                2_000_000,
+                2_600_000,
+                4_000_000,
+                ("v50", "v99"),
+                ("a87", "a173"),
+                2_000_000,
+            ),
             // A 2 s GOP and an end at 5 s: the picture stops before 6 s.
-            (50, false, 2_000_000, 2_000_000, 5_000_000, ("v50", "v149"), ("a87", "a260"), 2_000_000),
+            (
+                50,
+                false,
+                2_000_000,
+                2_000_000,
+                5_000_000,
+                ("v50", "v149"),
+                ("a87", "a260"),
+                2_000_000,
+            ),
             // B-frames: decode order runs ahead; the stop is still the keyframe's PTS.
-            (25, true, 1_920_000, 2_000_000, 4_000_000, ("v50", "v99"), ("a87", "a173"), 2_000_000),
+            (
+                25,
+                true,
+                1_920_000,
+                2_000_000,
+                4_000_000,
+                ("v50", "v99"),
+                ("a87", "a173"),
+                2_000_000,
+            ),
         ];
         for &(gop, b, seek, start, end, v, a, begin_pts) in table {
             let f = file(10, gop, b);
             let (out, begin, done) = run(&f, seek, start, end, true);
             let row = format!("gop {gop} b {b} range {start}..{end}");
             assert!(done, "{row}: the gate ends the range before the file does");
-            assert_eq!(first_last(&out, 'v'), (v.0.into(), v.1.into()), "{row}: video");
-            assert_eq!(first_last(&out, 'a'), (a.0.into(), a.1.into()), "{row}: audio");
+            assert_eq!(
+                first_last(&out, 'v'),
+                (v.0.into(), v.1.into()),
+                "{row}: video"
+            );
+            assert_eq!(
+                first_last(&out, 'a'),
+                (a.0.into(), a.1.into()),
+                "{row}: audio"
+            );
             assert_eq!(begin.map(|b| b.0), Some(begin_pts), "{row}: timeline start");
             // Audio never starts before the picture, nor runs past where it stops.
             for n in out.iter().filter(|n| n.starts_with('a')) {
                 let i: i64 = n[1..].parse().unwrap();
-                assert!(i * 23_000 >= begin_pts, "{row}: {n} before the first picture");
+                assert!(
+                    i * 23_000 >= begin_pts,
+                    "{row}: {n} before the first picture"
+                );
             }
         }
     }
@@ -269,7 +335,11 @@ mod tests {
         let (out, _, done) = run(&f, 2_000_000, 2_000_000, 60_000_000, true);
         assert!(!done, "the file ends first");
         assert_eq!(first_last(&out, 'v'), ("v50".into(), "v99".into()));
-        assert_eq!(first_last(&out, 'a').1, "a172", "audio to the end of the file");
+        assert_eq!(
+            first_last(&out, 'a').1,
+            "a172",
+            "audio to the end of the file"
+        );
     }
 
     #[test]
@@ -296,8 +366,19 @@ mod tests {
         let mut g: Gate<u32> = Gate::new(0, 10_000_000, true, true);
         let mut out = Vec::new();
         for i in 0..5_000i64 {
-            let track = if i % 2 == 0 { Track::Video } else { Track::Audio };
-            let p = Packet { track, key: false, pts: i * 1000, dts: i * 1000, dur: 1000, data: 0 };
+            let track = if i % 2 == 0 {
+                Track::Video
+            } else {
+                Track::Audio
+            };
+            let p = Packet {
+                track,
+                key: false,
+                pts: i * 1000,
+                dts: i * 1000,
+                dur: 1000,
+                data: 0,
+            };
             assert_eq!(g.push(p, &mut out), Step::default());
         }
         assert!(out.is_empty());

@@ -77,6 +77,12 @@ pub struct DestinationStatus {
     pub dropped: AtomicU64,
 }
 
+impl Default for DestinationStatus {
+    fn default() -> DestinationStatus {
+        DestinationStatus::new()
+    }
+}
+
 impl DestinationStatus {
     pub fn new() -> DestinationStatus {
         DestinationStatus {

@@ -99,10 +99,15 @@ fn kind(t: Track) -> TagKind {
 }
 
 /// The sequence header of a track from its codec extradata, if it needs one.
-pub fn header(track: Track, codec: CodecId, extradata: &[u8]) -> Result<Option<Arc<Header>>, String> {
+pub fn header(
+    track: Track,
+    codec: CodecId,
+    extradata: &[u8],
+) -> Result<Option<Arc<Header>>, String> {
     let body = match (track, codec) {
-        (Track::Video, CodecId::H264) => flv::avc_sequence_header(extradata)
-            .map_err(|e| format!("H.264 configuration: {e}"))?,
+        (Track::Video, CodecId::H264) => {
+            flv::avc_sequence_header(extradata).map_err(|e| format!("H.264 configuration: {e}"))?
+        }
         (Track::Audio, CodecId::AAC) => flv::aac_sequence_header(extradata),
         (Track::Audio, CodecId::MP3) => return Ok(None),
         (_, other) => return Err(format!("{other:?} cannot be carried in FLV by this worker")),
@@ -110,13 +115,16 @@ pub fn header(track: Track, codec: CodecId, extradata: &[u8]) -> Result<Option<A
     Ok(Some(Arc::new(Header { body })))
 }
 
+/// The sequence header per track (video, audio), where the codec has one.
+pub type Headers = [Option<Arc<Header>>; 2];
+
 /// What the output carries and its first sequence headers, from the codec
 /// parameters of the output tracks.
 pub fn tracks(
     video: Option<&SharedParams>,
     audio: Option<&SharedParams>,
     fps: Option<f64>,
-) -> Result<(Tracks, [Option<Arc<Header>>; 2]), String> {
+) -> Result<(Tracks, Headers), String> {
     let mut headers = [None, None];
     let mut meta = flv::Metadata::default();
     if let Some(v) = video {

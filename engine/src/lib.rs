@@ -155,8 +155,9 @@ impl Engine {
         match task.placement() {
             Placement::Shard => {
                 let engine = self.clone();
+                let span = tracing::info_span!("task", task.id = %task.id());
                 self.shards.spawn(Box::new(move || {
-                    Box::pin(async move {
+                    Box::pin(tracing::Instrument::instrument(async move {
                         match task.run().await {
                             Ran::Over(outcome) => {
                                 let _ = done.send(outcome);
@@ -169,26 +170,32 @@ impl Engine {
                                 }
                             }
                         }
-                    })
+                    }, span))
                 }));
                 Ok(())
             }
             Placement::Dedicated => {
                 let name = format!("task-{}", task.id());
-                shard::dedicated(name, move || async move {
-                    let status = task.status().clone();
-                    let id = task.id().to_owned();
-                    let outcome = match task.run().await {
-                        Ran::Over(o) => o,
-                        Ran::Migrate(_) => Outcome {
-                            end: End::Failed(WorkerError::Unsupported {
-                                task: id,
-                                cause: "a dedicated task asked to move".into(),
-                            }),
-                            position: status.position(),
+                let span = tracing::info_span!("task", task.id = %task.id());
+                shard::dedicated(name, move || {
+                    tracing::Instrument::instrument(
+                        async move {
+                            let status = task.status().clone();
+                            let id = task.id().to_owned();
+                            let outcome = match task.run().await {
+                                Ran::Over(o) => o,
+                                Ran::Migrate(_) => Outcome {
+                                    end: End::Failed(WorkerError::Unsupported {
+                                        task: id,
+                                        cause: "a dedicated task asked to move".into(),
+                                    }),
+                                    position: status.position(),
+                                },
+                            };
+                            let _ = done.send(outcome);
                         },
-                    };
-                    let _ = done.send(outcome);
+                        span,
+                    )
                 })
             }
         }

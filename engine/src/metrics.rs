@@ -55,7 +55,7 @@ impl Metrics {
                 IntCounter::new(name, help).expect("valid metric"),
             )
         };
-        let m = Metrics {
+        Metrics {
             streams_active: gauge(
                 "vodfleet_worker_streams_active",
                 "Tasks streaming on this worker.",
@@ -93,8 +93,7 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             registry,
-        };
-        m
+        }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -43,8 +43,16 @@ impl Output {
     ) -> Result<Output, String> {
         let (tracks, config) = frame::tracks(setup.video.as_ref(), setup.audio.as_ref(), fps)?;
         let extradata = [
-            setup.video.as_ref().map(|p| p.extradata().to_vec()).unwrap_or_default(),
-            setup.audio.as_ref().map(|p| p.extradata().to_vec()).unwrap_or_default(),
+            setup
+                .video
+                .as_ref()
+                .map(|p| p.extradata().to_vec())
+                .unwrap_or_default(),
+            setup
+                .audio
+                .as_ref()
+                .map(|p| p.extradata().to_vec())
+                .unwrap_or_default(),
         ];
         Ok(Output {
             mode,
@@ -98,8 +106,15 @@ impl Output {
         let (Some(i), Some(want)) = (idx, want) else {
             return Ok(None);
         };
-        let p = input.stream(i).expect("stream index from this input").parameters();
-        let what = if track == Track::Video { "video" } else { "audio" };
+        let p = input
+            .stream(i)
+            .expect("stream index from this input")
+            .parameters();
+        let what = if track == Track::Video {
+            "video"
+        } else {
+            "audio"
+        };
         if p.id() != want.codec_id() {
             return Err(format!(
                 "{what} codec {:?} differs from the stream's {:?}; add fops to transcode mixed playlists",
@@ -139,7 +154,10 @@ impl Output {
 }
 
 /// Whether a source's streams can be copied into FLV as they are.
-pub fn copyable(video: Option<&ff::codec::Parameters>, audio: Option<&ff::codec::Parameters>) -> bool {
+pub fn copyable(
+    video: Option<&ff::codec::Parameters>,
+    audio: Option<&ff::codec::Parameters>,
+) -> bool {
     video.is_none_or(|p| p.id() == CodecId::H264)
         && audio.is_none_or(|p| matches!(p.id(), CodecId::AAC | CodecId::MP3))
 }

@@ -174,7 +174,8 @@ mod tests {
     #[test]
     fn items_loops_and_resume_points_on_a_table() {
         // (items, first_item, loops, resume) → the sequence played
-        let table: &[(usize, usize, u32, Option<Position>, &[(usize, u32)])] = &[
+        type Row<'a> = (usize, usize, u32, Option<Position>, &'a [(usize, u32)]);
+        let table: &[Row] = &[
             (3, 0, 1, None, &[(0, 0), (1, 0), (2, 0)]),
             (2, 0, 2, None, &[(0, 0), (1, 0), (0, 1), (1, 1)]),
             // `index` starts the first pass at that item; later passes start at 0.
@@ -191,7 +192,10 @@ mod tests {
         for (items, first, loops, resume, want) in table {
             let plan = Plan::new(*items, *first, *loops, *resume);
             let (seen, end) = walk(plan, |_, _| Played::Yes);
-            assert_eq!(&seen, want, "items {items} first {first} loops {loops} resume {resume:?}");
+            assert_eq!(
+                &seen, want,
+                "items {items} first {first} loops {loops} resume {resume:?}"
+            );
             assert_eq!(end, Next::Finished);
         }
     }
@@ -201,9 +205,15 @@ mod tests {
         let mut plan = Plan::new(3, 0, 0, None);
         let mut seen = Vec::new();
         for _ in 0..9 {
-            let Next::Play { item, pass } = plan.next() else { panic!("forever ended") };
+            let Next::Play { item, pass } = plan.next() else {
+                panic!("forever ended")
+            };
             seen.push((item, pass));
-            plan.done(if item == 1 { Played::Failed } else { Played::Yes });
+            plan.done(if item == 1 {
+                Played::Failed
+            } else {
+                Played::Yes
+            });
         }
         assert_eq!(seen[..4], [(0, 0), (1, 0), (2, 0), (0, 1)]);
         assert_eq!(seen[8], (2, 2));
@@ -215,7 +225,11 @@ mod tests {
         assert_eq!((seen, end), (vec![(0, 0), (1, 0)], Next::Unplayable));
         // Skipped items (resume past their end) count as played: the pass goes on.
         let (_, end) = walk(Plan::new(2, 0, 2, None), |i, p| {
-            if (i, p) == (0, 0) { Played::Skipped } else { Played::Failed }
+            if (i, p) == (0, 0) {
+                Played::Skipped
+            } else {
+                Played::Failed
+            }
         });
         assert_eq!(end, Next::Unplayable, "pass 1 has nothing playable");
     }
@@ -237,14 +251,25 @@ mod tests {
         let table: &[(u64, u64, &[Range])] = &[
             (25_000, 60_000, &[r(25_000, 30_000), r(40_000, 50_000)]),
             (15_000, 60_000, &[r(20_000, 30_000), r(40_000, 50_000)]),
-            (0, 60_000, &[r(0, 10_000), r(20_000, 30_000), r(40_000, 50_000)]),
+            (
+                0,
+                60_000,
+                &[r(0, 10_000), r(20_000, 30_000), r(40_000, 50_000)],
+            ),
             (50_000, 60_000, &[]),
             (45_000, 45_000, &[]),
         ];
         for (from, duration, want) in table {
-            assert_eq!(&resume_ranges(cuts.clone(), *from, *duration), want, "from {from}");
+            assert_eq!(
+                &resume_ranges(cuts.clone(), *from, *duration),
+                want,
+                "from {from}"
+            );
         }
         assert_eq!(resume_ranges(whole(), 4_000, 9_000)[0].start_ms, 4_000);
-        assert!(resume_ranges(whole(), 9_000, 9_000).is_empty(), "at the media's end: the next item plays");
+        assert!(
+            resume_ranges(whole(), 9_000, 9_000).is_empty(),
+            "at the media's end: the next item plays"
+        );
     }
 }

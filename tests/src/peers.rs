@@ -178,8 +178,8 @@ impl Drop for Stunnel {
 
 /// `ffmpeg -listen 1 -i rtmp://127.0.0.1:PORT/app/KEY -c copy -f flv OUT`: FFmpeg
 /// as an RTMP server for one publisher, copying what it receives into `out`.
-/// It cannot be probed (the first connection is the one it serves), so the
-/// publisher retries its connect until the port answers.
+/// It cannot be probed by connecting (the first connection is the one it
+/// serves): [`FfmpegListener::wait_listening`] reads the kernel's socket table.
 pub struct FfmpegListener {
     port: u16,
     out: PathBuf,
@@ -223,6 +223,26 @@ impl FfmpegListener {
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Waits (at most `timeout`) until the port is in LISTEN state, without
+    /// connecting to it: from `/proc/net/tcp`.
+    pub fn wait_listening(&self, timeout: Duration) {
+        let want = format!(":{:04X} ", self.port);
+        let listening = || {
+            let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+            // Columns: sl local_address rem_address st …; LISTEN is st 0A.
+            table.lines().skip(1).any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 3 && format!("{} ", f[1]).ends_with(&want) && f[3] == "0A"
+            })
+        };
+        assert!(
+            crate::poll(timeout, || listening().then_some(())).is_some(),
+            "ffmpeg did not listen on port {} within {timeout:?}\n{}",
+            self.port,
+            self.log()
+        );
     }
 
     /// Waits (at most `timeout`) for ffmpeg to finish writing and exit.

@@ -146,12 +146,29 @@ fn a_publish_the_server_refuses_fails_after_one_attempt() {
         .into_iter()
         .filter(|e| is_destination(e, 1, "failed"))
         .collect();
-    assert_eq!(failed.len(), 1, "one failed event for the refused destination\n{}", w.report());
-    assert_eq!(max_attempt(&w, 1), 1, "a refusal is not retried\n{}", w.report());
+    assert_eq!(
+        failed.len(),
+        1,
+        "one failed event for the refused destination\n{}",
+        w.report()
+    );
+    assert_eq!(
+        max_attempt(&w, 1),
+        1,
+        "a refusal is not retried\n{}",
+        w.report()
+    );
     let reason = failed[0]["error"].as_str().unwrap_or_default();
-    assert!(reason.contains("refused"), "the reason names the refusal: {reason:?}");
+    assert!(
+        reason.contains("refused"),
+        "the reason names the refusal: {reason:?}"
+    );
     rtmp.assert_one_session(&good);
     let rec = Recording::read(&rtmp.record_path(&good));
-    assert!((rec.video_secs() - media.video_secs()).abs() <= 2.0 / FPS, "{}", rec.summary());
+    assert!(
+        (rec.video_secs() - media.video_secs()).abs() <= 2.0 / FPS,
+        "{}",
+        rec.summary()
+    );
     w.assert_not_printed(&bad_key);
 }

@@ -3,8 +3,8 @@
 //! Every field is documented in the README's configuration table; keep the two in step.
 
 use std::net::SocketAddr;
-use vodfleet_engine::config::num;
 use std::time::Duration;
+use vodfleet_engine::config::num;
 
 /// Fleet mode (`vodfleet-worker run`): the variables of docs/design/fleet.md.
 #[derive(Debug, Clone)]
@@ -80,7 +80,6 @@ fn default_worker_id() -> String {
         .unwrap_or_else(|| "worker".into());
     format!("{host}-{}", std::process::id())
 }
-
 
 #[cfg(test)]
 mod tests {

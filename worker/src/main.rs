@@ -12,13 +12,13 @@ mod progress;
 
 use clap::{Parser, Subcommand};
 use progress::ProgressStyle;
-use vodfleet_engine::event::{self, DestinationProgress, Event, TaskStatus};
-use vodfleet_engine::{task, Engine, Start};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use vodfleet_engine::event::{self, DestinationProgress, Event, TaskStatus};
+use vodfleet_engine::{task, Engine, Start};
 
 #[derive(Parser)]
 #[command(

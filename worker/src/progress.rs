@@ -65,4 +65,3 @@ fn clock(ms: u64) -> String {
         ms % 1000
     )
 }
-

@@ -134,11 +134,12 @@ impl Task {
                 .map_or(0, |d| d.as_millis() as u64);
             Instant::now() + Duration::from_millis(end.saturating_sub(now_ms))
         });
-        let placement = if spec.transcode.is_some() || spec.sources.iter().any(|s| s.watermark.is_some()) {
-            Placement::Dedicated
-        } else {
-            Placement::Shard
-        };
+        let placement =
+            if spec.transcode.is_some() || spec.sources.iter().any(|s| s.watermark.is_some()) {
+                Placement::Dedicated
+            } else {
+                Placement::Shard
+            };
         Task {
             stop_requested: vec![false; spec.forwards.len()],
             spec,
@@ -226,18 +227,15 @@ impl Task {
                 break End::Finished;
             }
             let spec = self.spec.sources[item].clone();
-            self.sources.prefetch(&self.spec.sources[plan.following()].url);
+            self.sources
+                .prefetch(&self.spec.sources[plan.following()].url);
             let played = match self.play_item(&mut out, item, pass, &spec).await {
                 Ok(p) => p,
                 Err(Halt::Stop) => break End::Stopped,
                 Err(Halt::End) => break End::Finished,
                 Err(Halt::Migrate) => return Err(Halt::Migrate),
                 Err(Halt::Switch) => {
-                    if let Some(list) = self.update.take() {
-                        tracing::info!(task.id = %self.spec.id, items = list.len(), "playlist replaced now");
-                        self.spec.sources = list;
-                        plan.replace(self.spec.sources.len());
-                    }
+                    self.take_update(&mut plan, "now");
                     next = plan.next();
                     continue;
                 }
@@ -256,15 +254,12 @@ impl Task {
                     Played::Failed
                 }
             };
-            if let Some(list) = self.update.take() {
-                // Waited for the current item to end (waitCrtUrlFinish 1).
-                tracing::info!(task.id = %self.spec.id, items = list.len(), "playlist replaced after the current item");
-                self.spec.sources = list;
-                plan.replace(self.spec.sources.len());
-                next = plan.next();
-                continue;
-            }
-            next = plan.done(played);
+            // An update that waited for the current item to end (waitCrtUrlFinish 1).
+            next = if self.take_update(&mut plan, "after the current item") {
+                plan.next()
+            } else {
+                plan.done(played)
+            };
         };
         if let Some(mut o) = out {
             if let End::Finished = outcome {
@@ -274,6 +269,17 @@ impl Task {
             o.close(matches!(outcome, End::Finished)).await;
         }
         Ok(outcome)
+    }
+
+    /// Puts a waiting playlist in place (it plays from its first item); false if none waits.
+    fn take_update(&mut self, plan: &mut Plan, when: &str) -> bool {
+        let Some(list) = self.update.take() else {
+            return false;
+        };
+        tracing::info!(task.id = %self.spec.id, items = list.len(), "playlist replaced {when}");
+        self.spec.sources = list;
+        plan.replace(self.spec.sources.len());
+        true
     }
 
     /// Whether `end_ms` has passed.

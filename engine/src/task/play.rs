@@ -57,21 +57,25 @@ impl Task {
             .await
             .map_err(|e| media_err(0, format!("cannot open: {e}")))?
             .map_err(|e| media_err(0, format!("cannot open: {e}")))?;
-        let video = input.streams().best(ff::media::Type::Video).map(|s| s.index());
-        let audio = input.streams().best(ff::media::Type::Audio).map(|s| s.index());
+        let video = input
+            .streams()
+            .best(ff::media::Type::Video)
+            .map(|s| s.index());
+        let audio = input
+            .streams()
+            .best(ff::media::Type::Audio)
+            .map(|s| s.index());
         if video.is_none() && audio.is_none() {
             return Err(media_err(0, "no audio or video stream".into()));
         }
         let mut ranges = match &spec.cut {
             Cut::Whole => plan::whole(),
             Cut::Relative(r) => r.clone(),
-            Cut::Absolute(_) => {
-                return Err(media_err(
-                    0,
-                    "absofftime needs the recording's start time, which this worker cannot read yet"
-                        .into(),
-                ))
-            }
+            Cut::Absolute(_) => return Err(media_err(
+                0,
+                "absofftime needs the recording's start time, which this worker cannot read yet"
+                    .into(),
+            )),
         };
         let resume_ms = self.resume_offset_ms;
         if let Some(from) = resume_ms {
@@ -97,9 +101,12 @@ impl Task {
             source: redact::source(&spec.url),
         });
         let (video, audio) = match &mut o.mode {
-            Mode::Copy => o.copy_streams(&input, video, audio).map_err(|c| media_err(0, c))?,
+            Mode::Copy => o
+                .copy_streams(&input, video, audio)
+                .map_err(|c| media_err(0, c))?,
             Mode::Transcode(t) => {
-                t.open_item(&input, video, audio).map_err(|c| media_err(0, c))?;
+                t.open_item(&input, video, audio)
+                    .map_err(|c| media_err(0, c))?;
                 (video, audio)
             }
         };
@@ -134,10 +141,12 @@ impl Task {
                     .seek(target, ..target + 1)
                     .map_err(|e| media_err(r.start_ms, format!("seek failed: {e}")))?;
             }
-            self.play_segment(&mut input, o, &seg).await.map_err(|h| match h {
-                Halt::Fail(WorkerError::Media { cause, .. }) => media_err(r.start_ms, cause),
-                other => other,
-            })?;
+            self.play_segment(&mut input, o, &seg)
+                .await
+                .map_err(|h| match h {
+                    Halt::Fail(WorkerError::Media { cause, .. }) => media_err(r.start_ms, cause),
+                    other => other,
+                })?;
         }
         Ok(Played::Yes)
     }
@@ -155,7 +164,9 @@ impl Task {
             })
         };
         if self.spec.sources.iter().any(|s| s.watermark.is_some()) {
-            return Err(fail("watermarks are not supported by this worker yet".into()));
+            return Err(fail(
+                "watermarks are not supported by this worker yet".into(),
+            ));
         }
         let params = |i: Option<usize>| i.and_then(|i| input.stream(i)).map(|s| s.parameters());
         let fps = video
@@ -176,29 +187,47 @@ impl Task {
             };
             (Mode::Copy, setup)
         } else {
-            let settings = self.spec.transcode.clone().unwrap_or(vodfleet_proto::command::Transcode {
-                width: None,
-                height: None,
-                fps: None,
-                video_kbps: None,
-                vcodec: vodfleet_proto::command::VideoCodec::H264,
-                acodec: vodfleet_proto::command::AudioCodec::Aac,
-            });
+            let settings =
+                self.spec
+                    .transcode
+                    .clone()
+                    .unwrap_or(vodfleet_proto::command::Transcode {
+                        width: None,
+                        height: None,
+                        fps: None,
+                        video_kbps: None,
+                        vcodec: vodfleet_proto::command::VideoCodec::H264,
+                        acodec: vodfleet_proto::command::AudioCodec::Aac,
+                    });
             let t = Transcoder::new(input, video, audio, &settings, self.timeline_base_us())
                 .map_err(|c| self.media_fail(c))?;
             let setup = t.setup();
             (Mode::Transcode(Box::new(t)), setup)
         };
         let fps = match &self.spec.transcode {
-            Some(t) => t.fps.filter(|f| f.1 > 0).map(|f| f.0 as f64 / f.1 as f64).or(fps),
+            Some(t) => t
+                .fps
+                .filter(|f| f.1 > 0)
+                .map(|f| f.0 as f64 / f.1 as f64)
+                .or(fps),
             None => fps,
         };
         let _ = self.events.send(Event::TaskStarted {
             task_id: self.spec.id.clone(),
-            mode: if matches!(mode, Mode::Copy) { "copy" } else { "transcode" },
+            mode: if matches!(mode, Mode::Copy) {
+                "copy"
+            } else {
+                "transcode"
+            },
         });
-        let mut o = Output::new(mode, setup, fps, self.timeline_base_us(), self.cfg.initial_burst)
-            .map_err(|c| self.media_fail(c))?;
+        let mut o = Output::new(
+            mode,
+            setup,
+            fps,
+            self.timeline_base_us(),
+            self.cfg.initial_burst,
+        )
+        .map_err(|c| self.media_fail(c))?;
         let setup = o.destination_setup(self.publish.clone());
         o.dests = self
             .spec
@@ -210,7 +239,14 @@ impl Task {
                     // Stopped before the output opened: never connect it.
                     Destination::stopped()
                 } else {
-                    Destination::spawn(&self.spec.id, i, &f.url, setup.clone(), &self.cfg, self.events.clone())
+                    Destination::spawn(
+                        &self.spec.id,
+                        i,
+                        &f.url,
+                        setup.clone(),
+                        &self.cfg,
+                        self.events.clone(),
+                    )
                 }
             })
             .collect();
@@ -283,7 +319,14 @@ impl Task {
                 continue;
             }
             let key = packet.is_key();
-            let p = cut::Packet { track, key, pts, dts, dur, data: packet };
+            let p = cut::Packet {
+                track,
+                key,
+                pts,
+                dts,
+                dur,
+                data: packet,
+            };
             let step = gate.push(p, &mut on_air);
             if let Some((src_start, first_dts)) = step.begin {
                 o.timeline.begin(src_start, first_dts);
@@ -322,7 +365,12 @@ impl Task {
     }
 
     /// Places a demuxed packet on the timeline and sends it (copy mode).
-    async fn emit(&mut self, o: &mut Output, p: cut::Packet<ff::Packet>, seg: &Segment) -> Result<(), Halt> {
+    async fn emit(
+        &mut self,
+        o: &mut Output,
+        p: cut::Packet<ff::Packet>,
+        seg: &Segment,
+    ) -> Result<(), Halt> {
         let (opts, odts) = o.timeline.place(p.track, p.pts, p.dts, p.dur);
         let out = OutPacket {
             packet: p.data,
@@ -392,7 +440,8 @@ impl Task {
             }
         }
         self.close_stopped(o);
-        self.status.set_lag(o.pacer.lag(p.dts_us).as_millis() as u64);
+        self.status
+            .set_lag(o.pacer.lag(p.dts_us).as_millis() as u64);
         let Some(frame) = o.frame(&p) else {
             return Ok(());
         };

@@ -88,7 +88,8 @@ impl Capacity {
 
     pub fn judge(&mut self, l: &Load) -> Verdict {
         let lim = &self.limits;
-        let over = l.tasks > 0 && (l.loop_delay_ms >= lim.delay_shed_ms || l.max_lag_ms >= lim.lag_shed_ms);
+        let over = l.tasks > 0
+            && (l.loop_delay_ms >= lim.delay_shed_ms || l.max_lag_ms >= lim.lag_shed_ms);
         self.overloaded = if over { self.overloaded + 1 } else { 0 };
         if self.overloaded >= lim.shed_after {
             // One release per sample at most: the load it frees shows in the next one.
@@ -165,7 +166,10 @@ fn process_ticks() -> Option<u64> {
 fn system_ticks() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
-    let v: Vec<u64> = cpu.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<u64> = cpu
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
     let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
     Some((idle, v.iter().take(8).sum()))
 }
@@ -197,12 +201,22 @@ mod tests {
             (&[load(0.5, 0.5, 2, 700)], &[Full]),
             // Overloaded three samples in a row: shed, one task per sample.
             (
-                &[load(1.0, 0.0, 400, 0), load(1.0, 0.0, 400, 0), load(1.0, 0.0, 300, 1500), load(1.0, 0.0, 300, 0)],
+                &[
+                    load(1.0, 0.0, 400, 0),
+                    load(1.0, 0.0, 400, 0),
+                    load(1.0, 0.0, 300, 1500),
+                    load(1.0, 0.0, 300, 0),
+                ],
                 &[Full, Full, Shed, Shed],
             ),
             // A good sample in between resets the count.
             (
-                &[load(1.0, 0.0, 400, 0), load(1.0, 0.0, 400, 0), load(0.5, 0.5, 2, 0), load(1.0, 0.0, 400, 0)],
+                &[
+                    load(1.0, 0.0, 400, 0),
+                    load(1.0, 0.0, 400, 0),
+                    load(0.5, 0.5, 2, 0),
+                    load(1.0, 0.0, 400, 0),
+                ],
                 &[Full, Full, Take, Full],
             ),
         ];
@@ -216,7 +230,13 @@ mod tests {
     #[test]
     fn a_worker_without_streams_always_takes_work() {
         let mut c = Capacity::new(Limits::default());
-        let busy_box = Load { cpu: 1.0, idle: 0.0, loop_delay_ms: 900, max_lag_ms: 0, tasks: 0 };
+        let busy_box = Load {
+            cpu: 1.0,
+            idle: 0.0,
+            loop_delay_ms: 900,
+            max_lag_ms: 0,
+            tasks: 0,
+        };
         for _ in 0..10 {
             assert_eq!(c.judge(&busy_box), Verdict::Take);
         }

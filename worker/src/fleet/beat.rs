@@ -1,0 +1,163 @@
+//! The worker's own loops, on the control runtime: the heartbeat (one per
+//! interval, or at once when the task set changes or the link comes back), the
+//! fence watch (a task whose lease ran out is stopped before anyone else may
+//! start it), and the load watch ([`capacity`](super::capacity)).
+
+use super::capacity::{Capacity, CpuSampler, Limits, Load, Verdict};
+use super::{link, Fleet, StopReason};
+use crate::metrics;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use vodfleet_engine::event::unix_ms;
+use vodfleet_proto::fleet::{DestinationState, TaskBeat, WorkerMessage};
+
+impl Fleet {
+    /// One heartbeat per interval (and one at once when the task set changes or
+    /// the link comes back), while connected.
+    pub(super) async fn heartbeat(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.cfg.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.beat_now.notified() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            let Some(bus) = self.connected() else {
+                continue;
+            };
+            let seq = self.beat_seq.fetch_add(1, Ordering::Relaxed) + 1;
+            let beat = self.beat(seq);
+            self.leases().beat_sent(seq, Instant::now());
+            let sent = tokio::time::timeout(
+                self.cfg.heartbeat,
+                bus.publish_json("", link::EVENTS, &beat),
+            )
+            .await;
+            match sent {
+                Ok(Ok(())) => metrics::get().heartbeats.inc(),
+                Ok(Err(e)) => tracing::warn!(seq, error = %e, "heartbeat not published"),
+                Err(_) => tracing::warn!(seq, "heartbeat not confirmed in time"),
+            }
+        }
+    }
+
+    fn beat(&self, seq: u64) -> WorkerMessage {
+        let tasks = self.tasks();
+        let mut beats: Vec<TaskBeat> = tasks
+            .iter()
+            .filter(|(_, r)| r.stopping.is_none())
+            .map(|((task_id, epoch), r)| {
+                let states = r.status.destinations.lock().expect("status lock");
+                TaskBeat {
+                    task_id: task_id.clone(),
+                    epoch: *epoch,
+                    position: r.status.position(),
+                    destinations: r
+                        .dests
+                        .iter()
+                        .map(|i| {
+                            states
+                                .get(*i)
+                                .map_or(DestinationState::Connecting, |d| d.state())
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        beats.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+        WorkerMessage::Heartbeat {
+            worker_id: self.cfg.worker_id.clone(),
+            seq,
+            sent_ms: unix_ms(),
+            free_slots: if self.full.load(Ordering::Relaxed) {
+                0
+            } else {
+                self.cfg.slots.saturating_sub(tasks.len()) as u32
+            },
+            tasks: beats,
+        }
+    }
+
+    /// Stops every task whose lease ran out (checked every 100 ms: well inside the
+    /// 500 ms margin the fence keeps before the coordinator's own expiry).
+    pub(super) async fn fence_watch(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            let expired = self.leases().expired(Instant::now());
+            for key in expired {
+                self.stop(&key, StopReason::Fenced);
+            }
+        }
+    }
+
+    /// Samples the load once a second and acts on the verdict ([`capacity`]):
+    /// stop or resume taking work, or release the newest task.
+    pub(super) async fn watch_load(self: Arc<Self>) {
+        let mut judge = Capacity::new(Limits::default());
+        let mut cpu = CpuSampler::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            let (cpu_share, idle) = cpu.sample();
+            let (tasks, max_lag_ms) = {
+                let tasks = self.tasks();
+                let live = tasks.values().filter(|r| r.stopping.is_none());
+                let lag = live
+                    .clone()
+                    .map(|r| r.status.lag_ms.load(Ordering::Relaxed))
+                    .max();
+                (live.count(), lag.unwrap_or(0))
+            };
+            let load = Load {
+                cpu: cpu_share,
+                idle,
+                loop_delay_ms: self.engine.take_loop_delay().as_millis() as u64,
+                max_lag_ms,
+                tasks,
+            };
+            let verdict = judge.judge(&load);
+            let full = verdict != Verdict::Take;
+            if self.full.swap(full, Ordering::Relaxed) != full {
+                tracing::info!(
+                    ?load,
+                    ?verdict,
+                    "{}",
+                    if full {
+                        "at capacity: taking no more work"
+                    } else {
+                        "room again: taking work"
+                    }
+                );
+                if full {
+                    self.became_full.notify_waiters();
+                } else {
+                    self.changed.notify_waiters();
+                }
+            }
+            if verdict == Verdict::Shed {
+                let mut tasks = self.tasks();
+                let newest = tasks
+                    .iter()
+                    .filter(|(_, r)| r.stopping.is_none())
+                    .max_by_key(|(_, r)| r.started)
+                    .map(|(k, _)| k.clone());
+                if let Some(key) = newest {
+                    tracing::warn!(task.id = %key.0, epoch = key.1, ?load, "overloaded: releasing the newest task with its position, for a worker with room");
+                    metrics::get().shed.inc();
+                    self.stop_locked(&mut tasks, &key, StopReason::Shed);
+                }
+            }
+        }
+    }
+}
