@@ -177,7 +177,7 @@ impl Sender {
             Err(e) => return self.give_up(1, &e),
         };
         let mut failures = 0u32;
-        let mut last_error: Option<String> = None;
+        let mut last_error: Option<RtmpError> = None;
         loop {
             let state = if failures == 0 {
                 DestinationState::Connecting
@@ -185,7 +185,7 @@ impl Sender {
                 metrics::get().destination_reconnects.inc();
                 DestinationState::Reconnecting
             };
-            self.report(state, failures + 1, last_error.clone());
+            self.report(state, failures + 1, last_error.as_ref());
             let connect = tokio::select! {
                 r = Publisher::connect(&target, &self.setup.publish) => Some(r),
                 _ = self.stop.cancelled() => None,
@@ -199,20 +199,21 @@ impl Sender {
                         Session::Broken(e) => {
                             tracing::warn!(destination = %self.shown, error = %e, "destination connection broke; reconnecting");
                             failures = 1;
-                            last_error = Some(e.to_string());
+                            last_error = Some(e);
                         }
                     }
                 }
-                Some(Err(e)) if e.kind() == ErrorKind::Refused => {
-                    // The server said no: asking again would get the same answer.
+                Some(Err(e)) if !e.kind().is_retryable() => {
+                    // The server said no (or the URL or TLS setup is unusable):
+                    // asking again would get the same answer.
                     return self.give_up(failures + 1, &e);
                 }
                 Some(Err(e)) => {
                     failures += 1;
-                    last_error = Some(e.to_string());
                     if failures >= self.attempts {
                         return self.give_up(failures, &e);
                     }
+                    last_error = Some(e);
                 }
             }
             // Back off, discarding what arrives meanwhile (keeping the newest
@@ -318,17 +319,31 @@ impl Sender {
     fn give_up(&self, attempts: u32, e: &RtmpError) {
         tracing::error!(destination = %self.shown, attempts, error = %e, kind = ?e.kind(), "destination failed; the task goes on without it");
         metrics::get().destination_failures.inc();
-        self.report(DestinationState::Failed, attempts, Some(e.to_string()));
+        self.report(DestinationState::Failed, attempts, Some(e));
     }
 
-    fn report(&self, state: DestinationState, attempt: u32, error: Option<String>) {
+    fn report(&self, state: DestinationState, attempt: u32, error: Option<&RtmpError>) {
         *self.status.state.lock().expect("state lock") = state;
         let _ = self.events.send(Event::Destination {
             index: self.index,
             destination: self.shown.clone(),
             state,
             attempt,
-            error,
+            error: error.map(|e| e.to_string()),
+            error_kind: error.map(|e| kind_name(e.kind())),
         });
+    }
+}
+
+/// The name of an error kind in events and callbacks.
+fn kind_name(k: ErrorKind) -> &'static str {
+    match k {
+        ErrorKind::Refused => "refused",
+        ErrorKind::Unreachable => "unreachable",
+        ErrorKind::TimedOut => "timed_out",
+        ErrorKind::Closed => "closed",
+        ErrorKind::Protocol => "protocol",
+        ErrorKind::BadUrl => "bad_url",
+        ErrorKind::Config => "config",
     }
 }

@@ -37,6 +37,11 @@ pub enum Event {
         attempt: u32,
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        /// What kind of failure `error` is: `refused` (the server said no; not
+        /// retried), `unreachable`, `timed_out`, `closed` (the connection
+        /// dropped), `protocol`, `bad_url`, `config`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error_kind: Option<&'static str>,
     },
     Progress {
         item: usize,
@@ -201,6 +206,7 @@ mod tests {
             state,
             attempt: 1,
             error: None,
+            error_kind: None,
         }
     }
 

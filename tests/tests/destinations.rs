@@ -158,6 +158,7 @@ fn a_publish_the_server_refuses_fails_after_one_attempt() {
         "a refusal is not retried\n{}",
         w.report()
     );
+    assert_eq!(failed[0]["error_kind"], "refused", "{}", w.report());
     let reason = failed[0]["error"].as_str().unwrap_or_default();
     assert!(
         reason.contains("refused"),
