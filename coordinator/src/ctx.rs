@@ -21,6 +21,10 @@ impl BusSlot {
     pub async fn set(&self, bus: Option<Arc<Bus>>) {
         *self.0.write().await = bus;
     }
+    /// Takes the connection out (at shutdown, to close it and join its I/O thread).
+    pub async fn take(&self) -> Option<Arc<Bus>> {
+        self.0.write().await.take()
+    }
 }
 
 pub struct Ctx {

@@ -97,8 +97,9 @@ async fn main() -> anyhow::Result<()> {
         let _ = http.await;
     })
     .await;
-    if let Some(b) = ctx.bus.get().await {
-        b.close().await;
+    if let Some(b) = ctx.bus.take().await {
+        // Joins lapin's I/O thread, so nothing of it outlives the runtime.
+        b.shutdown(Duration::from_secs(2)).await;
     }
     Ok(())
 }
