@@ -254,7 +254,11 @@ pub async fn reap(ctx: &Ctx) -> Result<(), StoreError> {
         match ctx.store.issue(&id, now, ttl, mode).await? {
             Some(i) => {
                 let mut resume = i.position;
-                if mode == "expired" {
+                if i.was == "unclaimed" {
+                    // No worker had room (or none runs): offered again, same epoch.
+                    ctx.metrics.orders_unclaimed.inc();
+                    tracing::info!(task.id = %id, epoch = i.epoch, "no worker took the order within the lease; offered again");
+                } else if mode == "expired" {
                     ctx.metrics.leases_expired.inc();
                     ctx.metrics.leases_reissued.inc();
                     if i.was == "running" {

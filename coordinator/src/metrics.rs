@@ -12,6 +12,8 @@ pub struct Metrics {
     pub leases_issued: IntCounter,
     pub leases_reissued: IntCounter,
     pub leases_expired: IntCounter,
+    /// Orders no worker took within the lease, offered again under the same epoch.
+    pub orders_unclaimed: IntCounter,
     pub failovers: IntCounter,
     /// Age of the newest heartbeat handled, in seconds (how stale the fleet's view is).
     pub heartbeat_age: Gauge,
@@ -70,6 +72,10 @@ impl Metrics {
             leases_reissued: counter(
                 "vodfleet_leases_reissued_total",
                 "Leases issued again (expiry, release)",
+            ),
+            orders_unclaimed: counter(
+                "vodfleet_orders_unclaimed_total",
+                "Work orders no worker took within the lease TTL (the fleet was full), offered again under the same epoch",
             ),
             leases_expired: counter(
                 "vodfleet_leases_expired_total",

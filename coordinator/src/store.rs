@@ -64,7 +64,9 @@ pub struct Issued {
     pub spec: TaskSpec,
     pub position: Option<Position>,
     pub callback: Option<String>,
-    /// The state the task was in (`scheduled`, `leased`, `running`).
+    /// The state the task was in (`scheduled`, `leased`, `running`), or
+    /// `unclaimed`: its order was not taken by any worker within the lease, and
+    /// it is offered again under the same epoch.
     pub was: String,
 }
 
@@ -179,7 +181,17 @@ elseif ARGV[3] == 'expired' then
 else
   return false
 end
-local e = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+-- An order no worker took (leased, no holder) is offered again under the same
+-- epoch: the old message has expired from the queue, and if a worker took it
+-- after all, the first to report the epoch holds it (RENEW). Epochs only grow
+-- when a run may have existed, so a fleet that is full does not climb them.
+local e
+if ARGV[3] == 'expired' and st == 'leased' and (redis.call('HGET', KEYS[1], 'worker') or '') == '' then
+  e = tonumber(redis.call('HGET', KEYS[1], 'epoch'))
+  st = 'unclaimed'
+else
+  e = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+end
 redis.call('HSET', KEYS[1], 'state', 'leased', 'worker', '', 'lease_until', now + tonumber(ARGV[2]), 'updated_ms', now)
 return {e, redis.call('HGET', KEYS[1], 'spec'), redis.call('HGET', KEYS[1], 'position') or '',
   redis.call('HGET', KEYS[1], 'callback') or '', st}

@@ -316,3 +316,33 @@ async fn a_scheduled_task_is_issued_at_its_start_time_and_a_lost_record_is_recla
         "listings never show a stream key"
     );
 }
+
+/// An order no worker took within the lease is offered again under the same
+/// epoch (a full fleet does not climb epochs); once a worker has reported the
+/// epoch, an expiry is a failover and the epoch grows.
+#[tokio::test]
+async fn an_unclaimed_order_is_offered_again_under_the_same_epoch() {
+    let r = Redis::start();
+    let s = Store::connect(&r.url()).await.unwrap();
+    let t = spec("t1");
+    let started = s.start(&t, None, 1_000, TTL, false, None).await.unwrap();
+    assert_eq!(started.epoch, 1);
+    let again = s.issue("t1", 1_000 + TTL + 1, TTL, "expired").await.unwrap().unwrap();
+    assert_eq!((again.epoch, again.was.as_str()), (1, "unclaimed"));
+    let later = 1_000 + 2 * TTL + 2;
+    let third = s.issue("t1", later, TTL, "expired").await.unwrap().unwrap();
+    assert_eq!((third.epoch, third.was.as_str()), (1, "unclaimed"), "still nobody took it");
+    let live = [DestinationState::Live];
+    assert_eq!(
+        s.renew("t1", 1, "w1", later + 10, TTL, &pos(0), &live).await.unwrap(),
+        Renewal::Renewed,
+        "the first worker to report the epoch holds it"
+    );
+    assert_eq!(
+        s.renew("t1", 1, "w2", later + 20, TTL, &pos(0), &live).await.unwrap(),
+        Renewal::Revoked,
+        "a second taker of the same order is turned away"
+    );
+    let failover = s.issue("t1", later + 10 + TTL + 1, TTL, "expired").await.unwrap().unwrap();
+    assert_eq!((failover.epoch, failover.was.as_str()), (2, "running"));
+}

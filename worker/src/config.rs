@@ -13,7 +13,8 @@ pub struct FleetConfig {
     pub amqp_url: String,
     /// `VODFLEET_WORKER_ID`: this worker's name on the control exchange; `<hostname>-<pid>` by default.
     pub worker_id: String,
-    /// `VODFLEET_WORKER_SLOTS`: tasks this worker runs at most.
+    /// `VODFLEET_WORKER_SLOTS`: tasks this worker runs at most. An upper bound
+    /// only: the worker stops taking work earlier when its measured load says so.
     pub slots: usize,
     /// `VODFLEET_LEASE_TTL_MS`: how long a lease lives without a renewal.
     pub lease_ttl: Duration,
@@ -23,6 +24,9 @@ pub struct FleetConfig {
     pub drain_timeout: Duration,
     /// `VODFLEET_HTTP_ADDR`: `/healthz`, `/readyz`, `/metrics`.
     pub http_addr: SocketAddr,
+    /// `VODFLEET_WORKER_START_RATE`: tasks started per second at most (bursts of
+    /// up to as many at once), so a flood of orders does not swamp the engine.
+    pub start_rate: u32,
 }
 
 /// A worker stops a task this long before its lease could expire at the coordinator.
@@ -44,10 +48,11 @@ impl FleetConfig {
             worker_id: get("VODFLEET_WORKER_ID")
                 .map(|s| s.trim().to_owned())
                 .unwrap_or_else(default_worker_id),
-            slots: num(&get, "VODFLEET_WORKER_SLOTS", 8)? as usize,
+            slots: num(&get, "VODFLEET_WORKER_SLOTS", 1000)? as usize,
             lease_ttl: ms("VODFLEET_LEASE_TTL_MS", 10_000)?,
             heartbeat: ms("VODFLEET_HEARTBEAT_MS", 2_000)?,
             drain_timeout: ms("VODFLEET_DRAIN_TIMEOUT_MS", 20_000)?,
+            start_rate: num(&get, "VODFLEET_WORKER_START_RATE", 50)?.clamp(1, 100_000) as u32,
             http_addr: http.trim().parse().map_err(|_| {
                 format!("VODFLEET_HTTP_ADDR={http:?} is not an address like 127.0.0.1:9101")
             })?,
@@ -88,7 +93,8 @@ mod tests {
     #[test]
     fn fleet_defaults_follow_the_design_note() {
         let c = FleetConfig::from_lookup(|_| None).unwrap();
-        assert_eq!(c.slots, 8);
+        assert_eq!(c.slots, 1000);
+        assert_eq!(c.start_rate, 50);
         assert_eq!(c.lease_ttl, Duration::from_secs(10));
         assert_eq!(c.heartbeat, Duration::from_secs(2));
         assert_eq!(c.drain_timeout, Duration::from_secs(20));

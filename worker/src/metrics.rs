@@ -2,7 +2,7 @@
 //! (`vodfleet_engine::metrics::registry`). Labels are bounded: never a URL,
 //! a stream key or a task id.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts};
 use std::sync::OnceLock;
 use vodfleet_engine::metrics::register;
 
@@ -15,6 +15,11 @@ pub struct FleetMetrics {
     pub fenced: IntCounterVec,
     /// `vodfleet_worker_shed_total`: tasks released because the worker was overloaded.
     pub shed: IntCounter,
+    /// `vodfleet_worker_accepting_work`: 1 while the load lets the worker take work orders.
+    pub accepting: IntGauge,
+    /// `vodfleet_worker_loop_delay_seconds`: the worst lateness of an engine
+    /// event-loop wake-up in the last load sample.
+    pub loop_delay: Gauge,
 }
 
 /// The fleet's metrics (registered on first use).
@@ -43,6 +48,20 @@ pub fn get() -> &'static FleetMetrics {
                 )
                 .expect("valid metric"),
             ),
+            accepting: register(
+                IntGauge::new(
+                    "vodfleet_worker_accepting_work",
+                    "1 while this worker's load lets it take work orders, 0 while it is full.",
+                )
+                .expect("valid metric"),
+            ),
+            loop_delay: register(
+                Gauge::new(
+                    "vodfleet_worker_loop_delay_seconds",
+                    "Worst lateness of an engine event-loop wake-up in the last load sample.",
+                )
+                .expect("valid metric"),
+            ),
             fenced: register(
                 IntCounterVec::new(
                     Opts::new(
@@ -54,6 +73,7 @@ pub fn get() -> &'static FleetMetrics {
                 .expect("valid metric"),
             ),
         };
+        m.accepting.set(1);
         // Both reasons are listed from the start, at 0.
         for reason in ["expired", "revoked"] {
             m.fenced.with_label_values(&[reason]);
@@ -73,6 +93,8 @@ mod tests {
             "vodfleet_worker_heartbeats_total",
             "vodfleet_worker_fenced_total",
             "vodfleet_worker_shed_total",
+            "vodfleet_worker_accepting_work",
+            "vodfleet_worker_loop_delay_seconds",
             "vodfleet_worker_streams_active",
         ] {
             assert!(

@@ -128,6 +128,9 @@ impl Fleet {
             };
             let verdict = judge.judge(&load);
             let full = verdict != Verdict::Take;
+            let m = metrics::get();
+            m.accepting.set(i64::from(!full));
+            m.loop_delay.set(load.loop_delay_ms as f64 / 1000.0);
             if self.full.swap(full, Ordering::Relaxed) != full {
                 tracing::info!(
                     ?load,
@@ -154,7 +157,7 @@ impl Fleet {
                     .map(|(k, _)| k.clone());
                 if let Some(key) = newest {
                     tracing::warn!(task.id = %key.0, epoch = key.1, ?load, "overloaded: releasing the newest task with its position, for a worker with room");
-                    metrics::get().shed.inc();
+                    m.shed.inc();
                     self.stop_locked(&mut tasks, &key, StopReason::Shed);
                 }
             }

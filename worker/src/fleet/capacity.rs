@@ -110,6 +110,45 @@ impl Capacity {
     }
 }
 
+/// Paces task start-ups (a token bucket): each new stream sends its initial
+/// burst and opens a connection at once, so hundreds of orders taken in the
+/// same second would swamp the shards and the receiving servers for a while,
+/// and the load samples would call a healthy worker full.
+#[derive(Debug)]
+pub struct StartPace {
+    per_sec: f64,
+    burst: f64,
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+impl StartPace {
+    /// `per_sec` starts a second on average, up to `burst` at once.
+    pub fn new(per_sec: u32, burst: u32) -> StartPace {
+        StartPace {
+            per_sec: f64::from(per_sec.max(1)),
+            burst: f64::from(burst.max(1)),
+            tokens: f64::from(burst.max(1)),
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Waits until one more start is allowed, and takes it.
+    pub async fn take(&mut self) {
+        let now = tokio::time::Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_sec)
+            .min(self.burst);
+        self.last = now;
+        if self.tokens < 1.0 {
+            let wait = (1.0 - self.tokens) / self.per_sec;
+            tokio::time::sleep(std::time::Duration::from_secs_f64(wait)).await;
+            self.tokens = 1.0;
+            self.last = tokio::time::Instant::now();
+        }
+        self.tokens -= 1.0;
+    }
+}
+
 /// CPU shares from `/proc` between two calls.
 pub struct CpuSampler {
     cores: f64,
@@ -240,6 +279,21 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(c.judge(&busy_box), Verdict::Take);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn start_pace_allows_a_burst_then_the_rate() {
+        let mut p = StartPace::new(10, 5);
+        let t0 = tokio::time::Instant::now();
+        for _ in 0..5 {
+            p.take().await;
+        }
+        assert_eq!(t0.elapsed(), std::time::Duration::ZERO, "the burst goes at once");
+        for _ in 0..10 {
+            p.take().await;
+        }
+        let waited = t0.elapsed().as_secs_f64();
+        assert!((0.95..=1.05).contains(&waited), "10 more at 10/s take a second: {waited}");
     }
 
     #[test]

@@ -118,6 +118,8 @@ fn closed(what: &'static str) -> Lost {
 async fn intake(fleet: &Arc<Fleet>, ch: &Channel) -> Result<(), Lost> {
     ch.basic_qos(1, BasicQosOptions::default()).await?;
     let tag = format!("{}-work", fleet.cfg.worker_id);
+    // With prefetch 1, waiting here before the ack holds the next delivery back.
+    let mut pace = super::capacity::StartPace::new(fleet.cfg.start_rate, fleet.cfg.start_rate);
     loop {
         // Wait for a free slot; a draining worker takes nothing more.
         loop {
@@ -171,6 +173,9 @@ async fn intake(fleet: &Arc<Fleet>, ch: &Channel) -> Result<(), Lost> {
                 break;
             }
             let order = serde_json::from_slice::<WorkOrder>(&delivery.data);
+            if order.is_ok() {
+                pace.take().await;
+            }
             let full = order.is_ok() && fleet.free_slots() <= 1;
             if full {
                 // Cancel before the ack: nothing more can be pushed to us meanwhile.

@@ -285,6 +285,12 @@ impl Fleet {
             self.stop_locked(&mut tasks, key, StopReason::Superseded);
         }
         let age = Duration::from_millis(unix_ms().saturating_sub(issued_ms));
+        if age + self.cfg.heartbeat + FENCE_MARGIN >= self.cfg.lease_ttl {
+            // Too little of the lease is left for a heartbeat to renew it: starting
+            // would end in a self-fence. The coordinator offers it again at expiry.
+            tracing::info!(task.id = %task_id, epoch, age_ms = age.as_millis() as u64, "work order too close to its lease's end; leaving it to be offered again");
+            return;
+        }
         if !self.leases().take(&task_id, epoch, age, Instant::now()) {
             tracing::warn!(task.id = %task_id, epoch, age_ms = age.as_millis() as u64, "work order older than the lease; not starting it (is the clock of this host right?)");
             return;
