@@ -162,12 +162,14 @@ impl Callbacks {
                 state: DestinationState::Failed,
                 destination,
                 error,
+                error_kind,
                 ..
             } => Some(self.next(
                 EventKind::ForwardFailed,
                 Some(*index),
                 format!(
-                    "{destination} gave up: {}",
+                    "{destination} gave up ({}): {}",
+                    error_kind.unwrap_or("failed"),
                     error.as_deref().unwrap_or("connection failed")
                 ),
             )),
