@@ -142,9 +142,7 @@ impl Fleet {
                         "room again: taking work"
                     }
                 );
-                if full {
-                    self.became_full.notify_waiters();
-                } else {
+                if !full {
                     self.changed.notify_waiters();
                 }
             }

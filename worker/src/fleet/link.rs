@@ -150,11 +150,6 @@ async fn intake(fleet: &Arc<Fleet>, ch: &Channel) -> Result<(), Lost> {
         loop {
             let delivery = tokio::select! {
                 d = orders.next() => d,
-                _ = fleet.became_full.notified() => {
-                    ch.basic_cancel(&tag, BasicCancelOptions::default()).await?;
-                    fleet.consuming.store(false, Ordering::Relaxed);
-                    break;
-                }
                 _ = fleet.draining.cancelled() => {
                     ch.basic_cancel(&tag, BasicCancelOptions::default()).await?;
                     fleet.consuming.store(false, Ordering::Relaxed);
@@ -173,6 +168,19 @@ async fn intake(fleet: &Arc<Fleet>, ch: &Channel) -> Result<(), Lost> {
                 break;
             }
             let order = serde_json::from_slice::<WorkOrder>(&delivery.data);
+            if order.is_ok() && fleet.full.load(Ordering::Relaxed) {
+                // Full by its measured load: hand the order back for a worker with
+                // room (cancelling first, so it is not pushed to us again), and
+                // leave nothing unacked on the channel.
+                ch.basic_cancel(&tag, BasicCancelOptions::default()).await?;
+                fleet.consuming.store(false, Ordering::Relaxed);
+                delivery
+                    .acker
+                    .reject(BasicRejectOptions { requeue: true })
+                    .await?;
+                tracing::debug!("at capacity: order handed back");
+                break;
+            }
             if order.is_ok() {
                 pace.take().await;
             }

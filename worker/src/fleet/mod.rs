@@ -157,10 +157,9 @@ pub(crate) struct Fleet {
     beat_seq: AtomicU64,
     /// Whether the work consumer is active (for `/readyz`).
     consuming: AtomicBool,
-    /// The load says: take no more work ([`capacity`]).
+    /// The load says: take no more work ([`capacity`]). The intake hands back
+    /// the next order it receives and stops consuming.
     full: AtomicBool,
-    /// `full` was set: the intake cancels its consumer at once.
-    became_full: Notify,
     draining: CancellationToken,
     /// Ends the loops (heartbeat, fence, outbox, HTTP) and the tasks' downloads.
     shutdown: CancellationToken,
@@ -184,7 +183,6 @@ impl Fleet {
             beat_seq: AtomicU64::new(0),
             consuming: AtomicBool::new(false),
             full: AtomicBool::new(false),
-            became_full: Notify::new(),
             draining: CancellationToken::new(),
             shutdown: CancellationToken::new(),
             disconnect: CancellationToken::new(),
