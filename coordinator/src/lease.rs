@@ -5,9 +5,13 @@
 use crate::callback::{payload, Callback};
 use crate::ctx::{now_ms, Ctx};
 use crate::store::{Release, Renewal, StoreError, TaskRecord};
+use futures_util::StreamExt;
 use std::time::Duration;
 use vodfleet_proto::fleet::{EventKind, ToWorker, WorkOrder, WorkerMessage};
 use vodfleet_proto::{Cmd, Position};
+
+/// Renewals of one heartbeat sent to Redis at once.
+const RENEWALS_IN_FLIGHT: usize = 256;
 
 /// Handles one worker message. Errors are Redis errors: the caller retries.
 pub async fn handle(ctx: &Ctx, msg: WorkerMessage) -> Result<(), StoreError> {
@@ -26,20 +30,22 @@ pub async fn handle(ctx: &Ctx, msg: WorkerMessage) -> Result<(), StoreError> {
                 .heartbeat_age
                 .set(now.saturating_sub(sent_ms) as f64 / 1000.0);
             let (mut renewed, mut revoked, mut unknown) = (Vec::new(), Vec::new(), Vec::new());
-            for t in tasks {
-                match ctx
-                    .store
-                    .renew(
-                        &t.task_id,
-                        t.epoch,
-                        &worker_id,
-                        now,
-                        ttl,
-                        &t.position,
-                        &t.destinations,
-                    )
-                    .await?
-                {
+            // The renewals of one heartbeat go out together, pipelined on the
+            // multiplexed connection: a worker with a thousand streams is
+            // answered in a few round trips, not a thousand, and its leases are
+            // renewed in time even when this machine is busy.
+            let worker = worker_id.as_str();
+            let mut results = futures_util::stream::iter(tasks)
+                .map(|t| async move {
+                    let r = ctx
+                        .store
+                        .renew(&t.task_id, t.epoch, worker, now, ttl, &t.position, &t.destinations)
+                        .await;
+                    (t, r)
+                })
+                .buffer_unordered(RENEWALS_IN_FLIGHT);
+            while let Some((t, r)) = results.next().await {
+                match r? {
                     Renewal::Renewed => renewed.push((t.task_id, t.epoch)),
                     Renewal::Revoked => revoked.push((t.task_id, t.epoch)),
                     Renewal::Unknown => unknown.push((t.task_id, t.epoch)),
