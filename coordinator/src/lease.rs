@@ -39,7 +39,15 @@ pub async fn handle(ctx: &Ctx, msg: WorkerMessage) -> Result<(), StoreError> {
                 .map(|t| async move {
                     let r = ctx
                         .store
-                        .renew(&t.task_id, t.epoch, worker, now, ttl, &t.position, &t.destinations)
+                        .renew(
+                            &t.task_id,
+                            t.epoch,
+                            worker,
+                            now,
+                            ttl,
+                            &t.position,
+                            &t.destinations,
+                        )
                         .await;
                     (t, r)
                 })

@@ -327,22 +327,38 @@ async fn an_unclaimed_order_is_offered_again_under_the_same_epoch() {
     let t = spec("t1");
     let started = s.start(&t, None, 1_000, TTL, false, None).await.unwrap();
     assert_eq!(started.epoch, 1);
-    let again = s.issue("t1", 1_000 + TTL + 1, TTL, "expired").await.unwrap().unwrap();
+    let again = s
+        .issue("t1", 1_000 + TTL + 1, TTL, "expired")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((again.epoch, again.was.as_str()), (1, "unclaimed"));
     let later = 1_000 + 2 * TTL + 2;
     let third = s.issue("t1", later, TTL, "expired").await.unwrap().unwrap();
-    assert_eq!((third.epoch, third.was.as_str()), (1, "unclaimed"), "still nobody took it");
+    assert_eq!(
+        (third.epoch, third.was.as_str()),
+        (1, "unclaimed"),
+        "still nobody took it"
+    );
     let live = [DestinationState::Live];
     assert_eq!(
-        s.renew("t1", 1, "w1", later + 10, TTL, &pos(0), &live).await.unwrap(),
+        s.renew("t1", 1, "w1", later + 10, TTL, &pos(0), &live)
+            .await
+            .unwrap(),
         Renewal::Renewed,
         "the first worker to report the epoch holds it"
     );
     assert_eq!(
-        s.renew("t1", 1, "w2", later + 20, TTL, &pos(0), &live).await.unwrap(),
+        s.renew("t1", 1, "w2", later + 20, TTL, &pos(0), &live)
+            .await
+            .unwrap(),
         Renewal::Revoked,
         "a second taker of the same order is turned away"
     );
-    let failover = s.issue("t1", later + 10 + TTL + 1, TTL, "expired").await.unwrap().unwrap();
+    let failover = s
+        .issue("t1", later + 10 + TTL + 1, TTL, "expired")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((failover.epoch, failover.was.as_str()), (2, "running"));
 }

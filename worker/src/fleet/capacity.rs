@@ -288,12 +288,19 @@ mod tests {
         for _ in 0..5 {
             p.take().await;
         }
-        assert_eq!(t0.elapsed(), std::time::Duration::ZERO, "the burst goes at once");
+        assert_eq!(
+            t0.elapsed(),
+            std::time::Duration::ZERO,
+            "the burst goes at once"
+        );
         for _ in 0..10 {
             p.take().await;
         }
         let waited = t0.elapsed().as_secs_f64();
-        assert!((0.95..=1.05).contains(&waited), "10 more at 10/s take a second: {waited}");
+        assert!(
+            (0.95..=1.05).contains(&waited),
+            "10 more at 10/s take a second: {waited}"
+        );
     }
 
     #[test]

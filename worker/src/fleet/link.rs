@@ -158,27 +158,13 @@ async fn intake(fleet: &Arc<Fleet>, ch: &Channel) -> Result<(), Lost> {
                 }
             };
             let delivery = delivery.ok_or_else(|| closed("work consumer"))??;
-            if fleet.draining.is_cancelled() {
-                ch.basic_cancel(&tag, BasicCancelOptions::default()).await?;
-                fleet.consuming.store(false, Ordering::Relaxed);
-                delivery
-                    .acker
-                    .reject(BasicRejectOptions { requeue: true })
-                    .await?;
-                break;
-            }
             let order = serde_json::from_slice::<WorkOrder>(&delivery.data);
-            if order.is_ok() && fleet.full.load(Ordering::Relaxed) {
-                // Full by its measured load: hand the order back for a worker with
-                // room (cancelling first, so it is not pushed to us again), and
-                // leave nothing unacked on the channel.
-                ch.basic_cancel(&tag, BasicCancelOptions::default()).await?;
-                fleet.consuming.store(false, Ordering::Relaxed);
-                delivery
-                    .acker
-                    .reject(BasicRejectOptions { requeue: true })
-                    .await?;
-                tracing::debug!("at capacity: order handed back");
+            // Draining, or full by its measured load: the order goes back for a
+            // worker with room.
+            if fleet.draining.is_cancelled()
+                || (order.is_ok() && fleet.full.load(Ordering::Relaxed))
+            {
+                hand_back(fleet, ch, &tag, delivery).await?;
                 break;
             }
             if order.is_ok() {
@@ -204,6 +190,24 @@ async fn intake(fleet: &Arc<Fleet>, ch: &Channel) -> Result<(), Lost> {
             }
         }
     }
+}
+
+/// Stops consuming, then rejects `delivery` with requeue: cancelled first, so it
+/// is not pushed to us again, and nothing stays unacked on the channel (an
+/// unacked delivery would hold the consumer's prefetch for good).
+async fn hand_back(
+    fleet: &Fleet,
+    ch: &Channel,
+    tag: &str,
+    delivery: vodfleet_bus::lapin::message::Delivery,
+) -> Result<(), Lost> {
+    ch.basic_cancel(tag, BasicCancelOptions::default()).await?;
+    fleet.consuming.store(false, Ordering::Relaxed);
+    delivery
+        .acker
+        .reject(BasicRejectOptions { requeue: true })
+        .await?;
+    Ok(())
 }
 
 /// Messages that must reach the coordinators (events, releases, results): kept
