@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """vodfleet benchmark: pass-through and transcode against the ffmpeg CLI.
 
-Measures the DESIGN.md section 6 targets that concern CPU, memory and
+Measures the targets of docs/BENCHMARKS.md that concern CPU, memory and
 real-time output, against ffmpeg's own CLI doing the same work on the same
 machine in the same run (ratios, not absolute times, because the machines
 are noisy). Python 3 standard library only; needs ffmpeg, ffprobe, nginx with
