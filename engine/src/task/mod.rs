@@ -102,6 +102,8 @@ pub struct Task {
     update: Option<Vec<SourceSpec>>,
     /// `spec.end_ms` on the monotonic clock.
     end_at: Option<Instant>,
+    /// When the task last woke up to send (pacing batches its wake-ups).
+    last_wake: Instant,
 }
 
 /// Why a segment or item stopped early.
@@ -155,6 +157,7 @@ impl Task {
             resume_nearest: false,
             update: None,
             end_at,
+            last_wake: Instant::now(),
         }
     }
 
