@@ -101,7 +101,7 @@ impl DestinationStatus {
     }
 }
 
-/// Where the task is, updated by the media thread on every packet.
+/// Where the task is, updated by its pipeline on every packet.
 #[derive(Default)]
 pub struct TaskStatus {
     pub position: Mutex<Position>,

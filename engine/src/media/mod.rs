@@ -95,7 +95,7 @@ pub fn nearest_keyframe(
     Some((to_us(chosen + half_gop), to_us(chosen)))
 }
 
-/// Stream parameters shared read-only by the destination threads.
+/// Codec parameters of a stream, shared read-only by the task and its output.
 #[derive(Clone)]
 pub struct SharedParams(pub ff::codec::Parameters);
 

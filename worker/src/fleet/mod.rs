@@ -4,7 +4,7 @@
 //! - `link`: the RabbitMQ side: (re)connection, the work consumer with its slot
 //!   limit, the control queue, and the outbox of messages that must arrive.
 //! - `lease`: which tasks this worker may publish, and until when (fencing).
-//! - here: the tasks themselves (one media thread each, as in `play`), the
+//! - here: the tasks themselves (started through the engine, as in `play`), the
 //!   heartbeat, the fence watch, and the SIGTERM drain.
 //!
 //! Streams never depend on the broker: when RabbitMQ goes away they go on, the
@@ -384,7 +384,7 @@ impl Fleet {
     ) {
         let (task_id, epoch) = key.clone();
         let mut callbacks = Callbacks::new();
-        // Ends when the task thread and its destinations are gone.
+        // Ends when the task and its destinations are gone.
         while let Some(e) = events.recv().await {
             tracing::info!(task.id = %task_id, epoch, event = %serde_json::to_string(&e).unwrap_or_default(), "task event");
             if let Some(mut te) = callbacks.translate(&e) {
