@@ -103,10 +103,6 @@ impl Engine {
         })
     }
 
-    pub fn config(&self) -> &Config {
-        &self.cfg
-    }
-
     /// The worst lateness of an event-loop wake-up since the last call: how
     /// long a stream may wait for its turn on a busy shard.
     pub fn take_loop_delay(&self) -> std::time::Duration {

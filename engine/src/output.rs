@@ -42,18 +42,9 @@ impl Output {
         burst: std::time::Duration,
     ) -> Result<Output, String> {
         let (tracks, config) = frame::tracks(setup.video.as_ref(), setup.audio.as_ref(), fps)?;
-        let extradata = [
-            setup
-                .video
-                .as_ref()
-                .map(|p| p.extradata().to_vec())
-                .unwrap_or_default(),
-            setup
-                .audio
-                .as_ref()
-                .map(|p| p.extradata().to_vec())
-                .unwrap_or_default(),
-        ];
+        let extra =
+            |p: Option<&SharedParams>| p.map(|p| p.extradata().to_vec()).unwrap_or_default();
+        let extradata = [extra(setup.video.as_ref()), extra(setup.audio.as_ref())];
         Ok(Output {
             mode,
             setup,

@@ -99,7 +99,14 @@ impl Task {
             }
         }
         if out.is_none() {
-            *out = Some(self.open_output(&input, video, audio)?);
+            // Media failures name the item, its source and the offset here.
+            *out = Some(
+                self.open_output(&input, video, audio)
+                    .map_err(|h| match h {
+                        Halt::Fail(WorkerError::Media { cause, .. }) => media_err(0, cause),
+                        other => other,
+                    })?,
+            );
         }
         self.resume_offset_ms = None;
         let o = out.as_mut().expect("output is open");
@@ -263,6 +270,8 @@ impl Task {
         Ok(o)
     }
 
+    /// A media failure while opening the output; `play_item` fills in the
+    /// item, its source and the offset.
     fn media_fail(&self, cause: String) -> Halt {
         Halt::Fail(WorkerError::Media {
             task: self.spec.id.clone(),

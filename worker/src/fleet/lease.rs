@@ -22,6 +22,9 @@ const REMEMBERED_BEATS: usize = 64;
 pub struct Leases {
     /// TTL − margin: how long after a heartbeat was sent its renewal lasts.
     valid_for: Duration,
+    /// The least of a lease that must be left to start an order: one heartbeat
+    /// interval, so that a renewal can come back before the fence.
+    start_within: Duration,
     /// Recent heartbeats: `seq` and when it was sent.
     sent: VecDeque<(u64, Instant)>,
     tasks: HashMap<String, Lease>,
@@ -43,9 +46,10 @@ pub struct Verdict {
 }
 
 impl Leases {
-    pub fn new(ttl: Duration, margin: Duration) -> Leases {
+    pub fn new(ttl: Duration, margin: Duration, heartbeat: Duration) -> Leases {
         Leases {
             valid_for: ttl.saturating_sub(margin),
+            start_within: heartbeat,
             sent: VecDeque::new(),
             tasks: HashMap::new(),
         }
@@ -54,10 +58,16 @@ impl Leases {
     /// Takes the lease of a work order that was issued `age` ago (by the
     /// coordinator's clock, as far as ours can tell). It lasts as long as the
     /// coordinator's own count: TTL − margin from the issue. Returns `false`, and
-    /// takes nothing, when that time has already passed: the coordinator may
-    /// have issued the task again, so starting it could make two publishers.
+    /// takes nothing, when that time has already passed (the coordinator may
+    /// have issued the task again, so starting it could make two publishers), or
+    /// when less than a heartbeat of it is left (the task would only fence
+    /// itself; the coordinator offers the order again when the lease runs out).
     pub fn take(&mut self, task: &str, epoch: u64, age: Duration, now: Instant) -> bool {
-        let Some(left) = self.valid_for.checked_sub(age).filter(|d| !d.is_zero()) else {
+        let Some(left) = self
+            .valid_for
+            .checked_sub(age)
+            .filter(|d| *d > self.start_within)
+        else {
             return false;
         };
         self.tasks.insert(
@@ -153,6 +163,7 @@ mod tests {
 
     const TTL: Duration = Duration::from_millis(3000);
     const MARGIN: Duration = Duration::from_millis(500);
+    const BEAT: Duration = Duration::from_millis(1000);
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -164,7 +175,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_fresh_lease_runs_from_the_issue_and_stale_orders_are_refused() {
-        let mut l = Leases::new(TTL, MARGIN);
+        let mut l = Leases::new(TTL, MARGIN, BEAT);
         let t0 = Instant::now();
         assert!(l.take("a", 1, ms(300), t0));
         assert_eq!(
@@ -177,11 +188,16 @@ mod tests {
             "issued 2.5 s ago: the coordinator may re-issue it any moment"
         );
         assert!(!l.holds("b", 1));
+        assert!(
+            !l.take("c", 1, ms(1600), t0),
+            "900 ms left, less than a heartbeat: it would only fence itself"
+        );
+        assert!(!l.holds("c", 1));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_renewal_counts_from_when_the_heartbeat_was_sent() {
-        let mut l = Leases::new(TTL, MARGIN);
+        let mut l = Leases::new(TTL, MARGIN, BEAT);
         assert!(l.take("a", 7, Duration::ZERO, Instant::now()));
         advance(ms(1000)).await;
         let sent = Instant::now();
@@ -201,7 +217,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_late_ack_of_an_older_heartbeat_never_shortens_the_lease() {
-        let mut l = Leases::new(TTL, MARGIN);
+        let mut l = Leases::new(TTL, MARGIN, BEAT);
         l.take("a", 1, Duration::ZERO, Instant::now());
         let first = Instant::now();
         l.beat_sent(1, first);
@@ -215,7 +231,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn acks_about_another_epoch_or_a_forgotten_heartbeat_change_nothing() {
-        let mut l = Leases::new(TTL, MARGIN);
+        let mut l = Leases::new(TTL, MARGIN, BEAT);
         let t0 = Instant::now();
         l.take("a", 5, Duration::ZERO, t0);
         for seq in 1..=(REMEMBERED_BEATS as u64 + 1) {
@@ -235,7 +251,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn revoked_tasks_are_returned_and_forgotten() {
-        let mut l = Leases::new(TTL, MARGIN);
+        let mut l = Leases::new(TTL, MARGIN, BEAT);
         l.take("a", 2, Duration::ZERO, Instant::now());
         l.take("b", 3, Duration::ZERO, Instant::now());
         l.beat_sent(9, Instant::now());
@@ -247,7 +263,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn unknown_tasks_are_renewed_and_reclaimed() {
-        let mut l = Leases::new(TTL, MARGIN);
+        let mut l = Leases::new(TTL, MARGIN, BEAT);
         l.take("a", 2, Duration::ZERO, Instant::now());
         advance(ms(2000)).await;
         let sent = Instant::now();
@@ -260,7 +276,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_worker_cut_off_from_its_coordinator_stops_before_the_lease_is_reissued() {
         // The coordinator renews on receipt: lease_until = received + TTL.
-        let mut l = Leases::new(TTL, MARGIN);
+        let mut l = Leases::new(TTL, MARGIN, BEAT);
         l.take("a", 1, Duration::ZERO, Instant::now());
         let mut coordinator_lease_until = Instant::now() + TTL;
         let mut fenced_at = None;

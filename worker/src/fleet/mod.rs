@@ -172,7 +172,7 @@ impl Fleet {
     fn new(engine: Engine, cfg: FleetConfig) -> Arc<Fleet> {
         let (outbox, outbox_rx) = Outbox::new();
         let fleet = Arc::new(Fleet {
-            leases: Mutex::new(Leases::new(cfg.lease_ttl, FENCE_MARGIN)),
+            leases: Mutex::new(Leases::new(cfg.lease_ttl, FENCE_MARGIN, cfg.heartbeat)),
             cfg,
             engine,
             tasks: Mutex::new(HashMap::new()),
@@ -283,14 +283,13 @@ impl Fleet {
             self.stop_locked(&mut tasks, key, StopReason::Superseded);
         }
         let age = Duration::from_millis(unix_ms().saturating_sub(issued_ms));
-        if age + self.cfg.heartbeat + FENCE_MARGIN >= self.cfg.lease_ttl {
-            // Too little of the lease is left for a heartbeat to renew it: starting
-            // would end in a self-fence. The coordinator offers it again at expiry.
-            tracing::info!(task.id = %task_id, epoch, age_ms = age.as_millis() as u64, "work order too close to its lease's end; leaving it to be offered again");
-            return;
-        }
         if !self.leases().take(&task_id, epoch, age, Instant::now()) {
-            tracing::warn!(task.id = %task_id, epoch, age_ms = age.as_millis() as u64, "work order older than the lease; not starting it (is the clock of this host right?)");
+            let age_ms = age.as_millis() as u64;
+            if age >= self.cfg.lease_ttl {
+                tracing::warn!(task.id = %task_id, epoch, age_ms, "work order older than the lease; not starting it (is the clock of this host right?)");
+            } else {
+                tracing::info!(task.id = %task_id, epoch, age_ms, "work order too close to its lease's end; leaving it to be offered again");
+            }
             return;
         }
         let cancel = self.shutdown.child_token();
