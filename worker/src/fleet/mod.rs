@@ -15,6 +15,7 @@ mod beat;
 mod capacity;
 mod lease;
 mod link;
+mod podcost;
 
 use crate::config::{FleetConfig, FENCE_MARGIN};
 use crate::metrics;
@@ -198,6 +199,7 @@ impl Fleet {
         self.tracker.spawn(self.clone().heartbeat());
         self.tracker.spawn(self.clone().fence_watch());
         self.tracker.spawn(self.clone().watch_load());
+        self.tracker.spawn(podcost::run(self.clone()));
         let (ready, refresh) = (self.clone(), self.clone());
         let probes = crate::http::Probes {
             ready: Arc::new(move || ready.is_ready()),
