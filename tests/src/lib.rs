@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod flv;
 pub mod http;
 pub mod media;
+pub mod ops;
 pub mod peers;
 pub mod probe;
 pub mod rtmp;
