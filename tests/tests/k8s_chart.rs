@@ -190,6 +190,19 @@ fn the_chart_lints_renders_and_validates_in_every_autoscaling_mode() {
         assert!(w.contains(must), "worker Deployment lacks {must:?}:\n{w}");
     }
     assert_env_names_are_read(&default);
+    // RBAC: patch on pods, nothing more, in a Role (not cluster-wide).
+    let role = default
+        .split("\n---")
+        .find(|d| d.contains("\nkind: Role\n"))
+        .expect("a Role");
+    assert!(
+        role.contains("resources: [\"pods\"]\n    verbs: [\"patch\"]"),
+        "{role}"
+    );
+    assert_eq!(role.matches("verbs:").count(), 1, "{role}");
+    assert!(!k
+        .iter()
+        .any(|x| x == "ClusterRole" || x == "ClusterRoleBinding"));
 
     // A drain of 45.5 s: the grace period follows (46 + 10).
     let longer = render(&["worker.drainTimeoutMs=45500"]);
@@ -258,6 +271,13 @@ fn the_chart_lints_renders_and_validates_in_every_autoscaling_mode() {
         "dashboards.enabled=false",
         "worker.replicas=5",
         "worker.podDeletionCost.enabled=false",
+        // The optional volumes and variables render valid objects too.
+        "worker.media.volume.persistentVolumeClaim.claimName=media",
+        "worker.destinationCaConfigMap=private-ca",
+        "worker.engineThreads=4",
+        "worker.cache.medium=Memory",
+        "coordinator.podDisruptionBudget.enabled=false",
+        "worker.podDisruptionBudget.enabled=true",
     ]);
     validate("off", &off);
     let k = kinds(&off);
@@ -273,7 +293,17 @@ fn the_chart_lints_renders_and_validates_in_every_autoscaling_mode() {
         );
     }
     assert!(worker_deployment(&off).contains("\n  replicas: 5\n"));
-    assert!(worker_deployment(&off).contains("automountServiceAccountToken: false"));
+    let w = worker_deployment(&off);
+    assert!(w.contains("automountServiceAccountToken: false"));
+    for must in [
+        "claimName: media",
+        "name: private-ca",
+        "name: VODFLEET_DESTINATION_CA_FILE",
+        "name: VODFLEET_ENGINE_THREADS",
+        "medium: Memory",
+    ] {
+        assert!(w.contains(must), "{must:?} missing:\n{w}");
+    }
 
     // existingSecret: no Secret rendered, the env reads the named one.
     let existing = render(&["secrets.existingSecret=vodfleet-prod"]);
