@@ -1,0 +1,162 @@
+//! The Lua scripts: one per task transition, each atomic over one task's hash
+//! (and its resume record, which shares the hash tag).
+
+use redis::Script;
+use std::sync::LazyLock;
+
+macro_rules! script {
+    ($name:ident, $src:expr) => {
+        pub(super) static $name: LazyLock<Script> = LazyLock::new(|| Script::new($src));
+    };
+}
+
+script!(
+    START,
+    r#"
+-- KEYS[1] task. ARGV: spec, callback, now, ttl, start_ms, end_ms, scheduled, position
+local old_state = redis.call('HGET', KEYS[1], 'state') or ''
+local old_worker = redis.call('HGET', KEYS[1], 'worker') or ''
+local old_epoch = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
+local e = old_epoch + 1
+local state, lease = 'leased', tonumber(ARGV[3]) + tonumber(ARGV[4])
+if ARGV[7] == '1' then state, lease = 'scheduled', 0 end
+redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'callback', ARGV[2], 'state', state, 'epoch', e,
+  'worker', '', 'lease_until', lease, 'position', ARGV[8], 'destinations', '[]', 'start_ms', ARGV[5],
+  'end_ms', ARGV[6], 'updated_ms', ARGV[3], 'beat_ms', 0, 'error', '')
+redis.call('PERSIST', KEYS[1])
+if old_state ~= 'leased' and old_state ~= 'running' then old_worker = '' end
+return {old_worker, old_epoch, e}
+"#
+);
+
+script!(
+    ISSUE,
+    r#"
+-- KEYS[1] task. ARGV: now, ttl, mode ('due' | 'expired')
+local st = redis.call('HGET', KEYS[1], 'state')
+if not st then return false end
+local now = tonumber(ARGV[1])
+if ARGV[3] == 'due' then
+  if st ~= 'scheduled' or tonumber(redis.call('HGET', KEYS[1], 'start_ms') or '0') > now then return false end
+elseif ARGV[3] == 'expired' then
+  if (st ~= 'leased' and st ~= 'running') or tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0') > now then return false end
+else
+  return false
+end
+-- An order no worker took (leased, no holder) is offered again under the same
+-- epoch: the old message has expired from the queue, and if a worker took it
+-- after all, the first to report the epoch holds it (RENEW). Epochs only grow
+-- when a run may have existed, so a fleet that is full does not climb them.
+local e
+if ARGV[3] == 'expired' and st == 'leased' and (redis.call('HGET', KEYS[1], 'worker') or '') == '' then
+  e = tonumber(redis.call('HGET', KEYS[1], 'epoch'))
+  st = 'unclaimed'
+else
+  e = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+end
+redis.call('HSET', KEYS[1], 'state', 'leased', 'worker', '', 'lease_until', now + tonumber(ARGV[2]), 'updated_ms', now)
+return {e, redis.call('HGET', KEYS[1], 'spec'), redis.call('HGET', KEYS[1], 'position') or '',
+  redis.call('HGET', KEYS[1], 'callback') or '', st}
+"#
+);
+
+script!(
+    RENEW,
+    r#"
+-- KEYS[1] task. ARGV: epoch, worker, now, ttl, position, destinations
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'unknown' end
+local st = redis.call('HGET', KEYS[1], 'state')
+if tonumber(redis.call('HGET', KEYS[1], 'epoch')) ~= tonumber(ARGV[1]) or (st ~= 'leased' and st ~= 'running') then
+  return 'revoked'
+end
+-- One holder per epoch: the first worker to report it takes the lease; another
+-- worker claiming the same epoch (a redelivered order) is turned away.
+local holder = redis.call('HGET', KEYS[1], 'worker') or ''
+if holder ~= '' and holder ~= ARGV[2] then return 'revoked' end
+local now = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[2], 'lease_until', now + tonumber(ARGV[4]),
+  'position', ARGV[5], 'destinations', ARGV[6], 'beat_ms', now, 'updated_ms', now)
+return 'renewed:' .. (redis.call('HGET', KEYS[1], 'end_ms') or '0')
+"#
+);
+
+script!(
+    RELEASE,
+    r#"
+-- KEYS[1] task, KEYS[2] resume. ARGV: epoch, position, now, ttl
+local st = redis.call('HGET', KEYS[1], 'state')
+if not st then return {'stale'} end
+local e = tonumber(redis.call('HGET', KEYS[1], 'epoch'))
+local given = tonumber(ARGV[1])
+if (st == 'stopped' or st == 'finished') and e == given + 1 then
+  redis.call('HSET', KEYS[1], 'position', ARGV[2])
+  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HSET', KEYS[2], 'position', ARGV[2]) end
+  return {'exact'}
+end
+if e ~= given or (st ~= 'leased' and st ~= 'running') then return {'stale'} end
+local now = tonumber(ARGV[3])
+e = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+redis.call('HSET', KEYS[1], 'state', 'leased', 'worker', '', 'lease_until', now + tonumber(ARGV[4]),
+  'position', ARGV[2], 'updated_ms', now)
+return {'reissued', e, redis.call('HGET', KEYS[1], 'spec'), redis.call('HGET', KEYS[1], 'callback') or '', st}
+"#
+);
+
+script!(
+    FINISH,
+    r#"
+-- KEYS[1] task. ARGV: epoch, state, position, now, error
+local st = redis.call('HGET', KEYS[1], 'state')
+if not st then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'epoch')) ~= tonumber(ARGV[1]) or (st ~= 'leased' and st ~= 'running') then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'worker', '', 'lease_until', 0, 'position', ARGV[3],
+  'updated_ms', ARGV[4], 'error', ARGV[5])
+redis.call('EXPIRE', KEYS[1], 172800)
+return 1
+"#
+);
+
+script!(
+    STOP,
+    r#"
+-- KEYS[1] task, KEYS[2] resume. ARGV: now, final_state, write_resume, resume_ttl
+local st = redis.call('HGET', KEYS[1], 'state')
+if not st or st == 'stopped' or st == 'finished' or st == 'failed' then return false end
+local worker = redis.call('HGET', KEYS[1], 'worker') or ''
+local e = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'worker', '', 'lease_until', 0, 'updated_ms', ARGV[1])
+-- Over: the record stays readable for 48 h (like a resume record), then goes.
+redis.call('EXPIRE', KEYS[1], 172800)
+if ARGV[3] == '1' then
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[2], 'spec', redis.call('HGET', KEYS[1], 'spec'),
+    'position', redis.call('HGET', KEYS[1], 'position') or '',
+    'callback', redis.call('HGET', KEYS[1], 'callback') or '', 'stopped_ms', ARGV[1])
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4]))
+end
+return {worker, e - 1}
+"#
+);
+
+script!(
+    SET_SPEC,
+    r#"
+-- KEYS[1] task. ARGV: expected epoch, spec, now
+if tonumber(redis.call('HGET', KEYS[1], 'epoch') or '-1') ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'spec', ARGV[2], 'updated_ms', ARGV[3])
+return 1
+"#
+);
+
+script!(
+    RECLAIM,
+    r#"
+-- KEYS[1] task. ARGV: epoch, worker, spec, position, callback, now, ttl, end_ms
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local now = tonumber(ARGV[6])
+redis.call('HSET', KEYS[1], 'spec', ARGV[3], 'callback', ARGV[5], 'state', 'running', 'epoch', ARGV[1],
+  'worker', ARGV[2], 'lease_until', now + tonumber(ARGV[7]), 'position', ARGV[4], 'destinations', '[]',
+  'start_ms', 0, 'end_ms', ARGV[8], 'updated_ms', now, 'beat_ms', now, 'error', '')
+return 1
+"#
+);
