@@ -313,6 +313,47 @@ fn the_chart_lints_renders_and_validates_in_every_autoscaling_mode() {
 }
 
 #[test]
+fn the_prometheus_rule_the_chart_renders_is_the_rules_file_and_passes_promtool() {
+    let base = "https://docs.example.com/vodfleet/runbooks/";
+    let out = render(&[
+        "metrics.prometheusRule.enabled=true",
+        &format!("metrics.prometheusRule.runbookBaseUrl={base}"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let all = dir.path().join("render.yaml");
+    let rules = dir.path().join("rules.yaml");
+    fs::write(&all, &out).unwrap();
+    // The PrometheusRule's spec is a rule file as Prometheus reads it.
+    let extract = tool(
+        "k8s-python3",
+        &[
+            "-c",
+            "import sys, yaml\n\
+             docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get('kind') == 'PrometheusRule']\n\
+             assert len(docs) == 1, docs\n\
+             yaml.safe_dump(docs[0]['spec'], open(sys.argv[2], 'w'))",
+            all.to_str().unwrap(),
+            rules.to_str().unwrap(),
+        ],
+        T,
+    );
+    assert!(extract.success, "{}", extract.text());
+    let check = tool("promtool", &["check", "rules", rules.to_str().unwrap()], T);
+    assert!(
+        check.success && check.text().contains("SUCCESS: 13 rules found"),
+        "the chart's PrometheusRule as a rules file:\n{}",
+        check.text()
+    );
+    let text = fs::read_to_string(&rules).unwrap();
+    assert_eq!(
+        text.matches(&format!("runbook_url: {base}")).count(),
+        13,
+        "runbook base not applied:\n{text}"
+    );
+    assert!(text.contains(&format!("runbook_url: {base}worker-down.md")));
+}
+
+#[test]
 fn both_autoscalers_at_once_are_refused_by_name() {
     let out = helm(&[
         "template",
