@@ -167,6 +167,7 @@ pub async fn handle(ctx: &Ctx, msg: WorkerMessage) -> Result<(), StoreError> {
             let (name, code) = match event.kind {
                 EventKind::Started => ("started", 0),
                 EventKind::FileStarted => ("file_started", 0),
+                EventKind::FileFailed => ("file_failed", 2),
                 EventKind::ForwardFailed => ("forward_failed", 2),
                 EventKind::Finished => ("finished", 0),
                 EventKind::Stopped => ("stopped", 0),
@@ -182,7 +183,7 @@ pub async fn handle(ctx: &Ctx, msg: WorkerMessage) -> Result<(), StoreError> {
             // gets the same id whoever reports it (worker or coordinator), so the
             // receiver's de-duplication by event_id merges the two reports.
             let id = match event.kind {
-                EventKind::FileStarted | EventKind::ForwardFailed => {
+                EventKind::FileStarted | EventKind::FileFailed | EventKind::ForwardFailed => {
                     format!("{task_id}:{epoch}:{}", event.seq)
                 }
                 _ => format!("{task_id}:{epoch}:{name}"),
@@ -197,7 +198,7 @@ pub async fn handle(ctx: &Ctx, msg: WorkerMessage) -> Result<(), StoreError> {
                 &id,
                 event.at_ms,
             );
-            if event.kind == EventKind::FileStarted {
+            if matches!(event.kind, EventKind::FileStarted | EventKind::FileFailed) {
                 p["file_index"] = event.index.into();
             }
             ctx.callbacks.send(Callback { url, payload: p });

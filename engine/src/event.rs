@@ -29,6 +29,9 @@ pub enum Event {
         loop_index: u32,
         source: String,
         error: String,
+        /// What kind of failure `error` is ([`crate::error::Fault`]): `bad_media`,
+        /// `stream_ended`, `refused`, `unreachable`, `timed_out`, `codec`, ….
+        error_kind: &'static str,
     },
     Destination {
         index: usize,
@@ -153,6 +156,21 @@ impl Callbacks {
                 Some(*item),
                 format!(
                     "item {} of loop {} started: {source}",
+                    item + 1,
+                    loop_index + 1
+                ),
+            )),
+            Event::ItemFailed {
+                item,
+                loop_index,
+                source,
+                error,
+                error_kind,
+            } => Some(self.next(
+                EventKind::FileFailed,
+                Some(*item),
+                format!(
+                    "item {} of loop {} failed ({error_kind}), going on with the next: {source}: {error}",
                     item + 1,
                     loop_index + 1
                 ),

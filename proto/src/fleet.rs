@@ -157,6 +157,9 @@ pub struct TaskEvent {
 pub enum EventKind {
     Started,
     FileStarted,
+    /// An item failed and the task went on with the next (a warning, code 2).
+    /// Coordinators must be upgraded before workers that send it.
+    FileFailed,
     ForwardFailed,
     Finished,
     Stopped,

@@ -133,3 +133,60 @@ fn every_event_arrives_once_by_id_retried_past_failures_and_signed() {
         "one `file_started` per item start the server saw ({item_starts})"
     );
 }
+
+/// An item that is not media fails alone: the producer gets a `file_failed`
+/// warning (code 2) naming the item and the kind of failure, and the task goes
+/// on to its next item and finishes.
+#[test]
+fn a_failed_item_is_a_file_failed_warning_and_the_task_goes_on() {
+    let fleet = Fleet::start(FleetOptions::default());
+    let rx = CallbackReceiver::start(vec![], Answer::new(200, "ok"));
+    let junk = vodfleet_tests::unique("junk") + ".mp4";
+    let bytes: Vec<u8> = (0..64 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(vodfleet_tests::media::media_dir().join(&junk), bytes).unwrap();
+    let good = tagged_counter(2.0, 3);
+    let mut task = fleet.new_task(&[&good], 1);
+    task.src.insert(0, format!("vod://{junk}"));
+    fleet
+        .producer()
+        .send(&seed::with_callback(task.start(1), &rx.url()));
+    let events = poll(Duration::from_secs(40), || {
+        let events = rx.events();
+        events
+            .iter()
+            .any(|e| e["event"] == "finished")
+            .then_some(events)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no `finished` within 40 s: {:#?}\n{}",
+            rx.events(),
+            fleet.reports()
+        )
+    });
+    let failed: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["event"] == "file_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "one `file_failed`: {events:#?}");
+    let f = failed[0];
+    assert_eq!(f["code"], "2", "a failed item is a warning: {f}");
+    assert_eq!(f["file_index"], 0, "{f}");
+    let msg = f["msg"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("bad_media") && msg.contains(&junk),
+        "the message names the kind and the item: {msg:?}"
+    );
+    assert_eq!(
+        events.iter().filter(|e| e["event"] == "started").count(),
+        1,
+        "{events:#?}"
+    );
+    assert_eq!(
+        tag_runs(&read_counters(&fleet.rtmp.record_path(task.key()))).len(),
+        1,
+        "the good item played"
+    );
+}

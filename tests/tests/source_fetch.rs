@@ -142,6 +142,13 @@ fn a_redirect_to_the_metadata_address_is_refused_and_not_retried() {
     });
     w.assert_not_printed(&key);
     assert!(
+        w.events_named("item_failed")
+            .iter()
+            .all(|e| e["error_kind"] == "refused"),
+        "a policy refusal is of kind `refused`\n{}",
+        w.report()
+    );
+    assert!(
         !rtmp.has_stream(&key),
         "nothing may be published for a refused source"
     );

@@ -87,6 +87,17 @@ fn three_500s_fail_the_task_with_a_redacted_reason() {
         error.contains("500"),
         "task_failed error must give the last cause (HTTP 500): {error:?}"
     );
+    let kinds: Vec<String> = w
+        .events_named("item_failed")
+        .iter()
+        .map(|e| e["error_kind"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec!["unreachable"],
+        "a server answering 5xx is `unreachable`, after its retries\n{}",
+        w.report()
+    );
     w.assert_not_printed(&secret);
     w.assert_not_printed(&key);
     assert_eq!(

@@ -7,6 +7,7 @@
 //! - libavformat writes nothing to the network: destinations are our own
 //!   FLV/RTMP writer (`vodfleet-rtmp`).
 
+pub mod demux;
 pub mod transcode;
 
 use ffmpeg_next as ff;
@@ -161,10 +162,13 @@ pub struct OutPacket {
 }
 
 #[cfg(test)]
-mod tests {
-    /// A 10 s file with a keyframe every 2 s, made by the ffmpeg CLI.
-    fn gop2_file() -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("vodfleet-media-test-{}", std::process::id()));
+pub(crate) mod tests {
+    /// A 10 s file with a keyframe every 2 s, made by the ffmpeg CLI (one per test).
+    pub(crate) fn gop2_file() -> std::path::PathBuf {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("vodfleet-media-test-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("gop2.mp4");
         let ok = std::process::Command::new("ffmpeg")

@@ -3,7 +3,7 @@
 //! and a resumed transfer (`Range: bytes=N-`) when an attempt dies part-way.
 
 use crate::config::Config;
-use crate::error::{ErrorKind, WorkerError};
+use crate::error::{ErrorKind, Fault, WorkerError};
 use backon::{ExponentialBuilder, Retryable};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -43,7 +43,13 @@ impl Fetch<'_> {
         .await
     }
 
-    fn err(&self, attempt: u32, kind: ErrorKind, cause: impl Into<String>) -> WorkerError {
+    fn err(
+        &self,
+        attempt: u32,
+        kind: ErrorKind,
+        fault: Fault,
+        cause: impl Into<String>,
+    ) -> WorkerError {
         WorkerError::Source {
             task: self.task_id.to_owned(),
             url: redact::source(self.url),
@@ -51,7 +57,29 @@ impl Fetch<'_> {
             attempts: self.cfg.source_attempts,
             cause: cause.into(),
             kind,
+            fault,
         }
+    }
+
+    /// A failed request or body read: retried; its fault from reqwest's error.
+    fn transport(&self, attempt: u32, e: &reqwest::Error) -> WorkerError {
+        let fault = if e.is_timeout() {
+            Fault::TimedOut
+        } else if e.is_body() || e.is_decode() {
+            Fault::StreamEnded
+        } else {
+            Fault::Unreachable
+        };
+        self.err(attempt, ErrorKind::Retry, fault, describe(e))
+    }
+
+    fn cache_err(&self, attempt: u32, e: std::io::Error) -> WorkerError {
+        self.err(
+            attempt,
+            ErrorKind::Fail,
+            Fault::Local,
+            format!("cache file: {e}"),
+        )
     }
 
     /// Races `fut` against the read timeout and the task's cancellation.
@@ -65,9 +93,10 @@ impl Fetch<'_> {
             r = tokio::time::timeout(self.cfg.source_timeout, fut) => r.map_err(|_| self.err(
                 attempt,
                 ErrorKind::Retry,
+                Fault::TimedOut,
                 format!("{what}: no data for {} ms", self.cfg.source_timeout.as_millis()),
             )),
-            _ = self.cancel.cancelled() => Err(self.err(attempt, ErrorKind::Fail, "task stopped")),
+            _ = self.cancel.cancelled() => Err(self.err(attempt, ErrorKind::Fail, Fault::Local, "task stopped")),
         }
     }
 
@@ -93,7 +122,7 @@ impl Fetch<'_> {
                         reason: describe(&e),
                     }
                 } else {
-                    self.err(attempt, ErrorKind::Retry, describe(&e))
+                    self.transport(attempt, &e)
                 }
             })?;
         let status = resp.status();
@@ -102,9 +131,21 @@ impl Fetch<'_> {
             206 if have > 0 => true,
             416 if have > 0 => return Ok(()), // we already hold every byte
             408 | 429 | 500..=599 => {
-                return Err(self.err(attempt, ErrorKind::Retry, format!("HTTP {status}")))
+                let fault = if status.as_u16() == 408 {
+                    Fault::TimedOut
+                } else {
+                    Fault::Unreachable
+                };
+                return Err(self.err(attempt, ErrorKind::Retry, fault, format!("HTTP {status}")));
             }
-            _ => return Err(self.err(attempt, ErrorKind::Fail, format!("HTTP {status}"))),
+            _ => {
+                return Err(self.err(
+                    attempt,
+                    ErrorKind::Fail,
+                    Fault::Refused,
+                    format!("HTTP {status}"),
+                ))
+            }
         };
         let mut file = tokio::fs::OpenOptions::new()
             .create(true)
@@ -113,19 +154,17 @@ impl Fetch<'_> {
             .truncate(!append)
             .open(self.dest)
             .await
-            .map_err(|e| self.err(attempt, ErrorKind::Fail, format!("cache file: {e}")))?;
+            .map_err(|e| self.cache_err(attempt, e))?;
         while let Some(chunk) = self
             .bounded(attempt, "reading body", resp.chunk())
             .await?
-            .map_err(|e| self.err(attempt, ErrorKind::Retry, describe(&e)))?
+            .map_err(|e| self.transport(attempt, &e))?
         {
             file.write_all(&chunk)
                 .await
-                .map_err(|e| self.err(attempt, ErrorKind::Fail, format!("cache file: {e}")))?;
+                .map_err(|e| self.cache_err(attempt, e))?;
         }
-        file.flush()
-            .await
-            .map_err(|e| self.err(attempt, ErrorKind::Fail, format!("cache file: {e}")))?;
+        file.flush().await.map_err(|e| self.cache_err(attempt, e))?;
         Ok(())
     }
 }

@@ -252,6 +252,7 @@ impl Task {
                         loop_index: pass,
                         source: redact::source(&spec.url),
                         error: e.to_string(),
+                        error_kind: e.fault().as_str(),
                     });
                     last_error = Some(e);
                     Played::Failed

@@ -4,8 +4,9 @@
 use super::{Halt, Placement, Task};
 use crate::cut::{self, Gate};
 use crate::destination::Destination;
-use crate::error::WorkerError;
+use crate::error::{Fault, MediaError, WorkerError};
 use crate::event::Event;
+use crate::media::demux::ReadAhead;
 use crate::media::transcode::Transcoder;
 use crate::media::{self, OutPacket, SharedParams, StreamSetup};
 use crate::output::{self, Mode, Output};
@@ -40,15 +41,17 @@ impl Task {
         spec: &SourceSpec,
     ) -> Result<Played, Halt> {
         let task_id = self.spec.id.clone();
-        let media_err = |offset_ms: u64, cause: String| {
+        let media_err = |offset_ms: u64, e: MediaError| {
             Halt::Fail(WorkerError::Media {
                 task: task_id.clone(),
                 item,
                 url: redact::source(&spec.url),
                 offset_ms,
-                cause,
+                fault: e.fault,
+                cause: e.cause,
             })
         };
+        let bad = |cause: String| MediaError::new(Fault::BadMedia, cause);
         let local = self.sources.local(&spec.url);
         let path = match self.end_at {
             None => local.await,
@@ -61,10 +64,15 @@ impl Task {
         self.control_pending()?;
         let path = path.map_err(|e| Halt::Fail((*e).clone()))?;
         // Opening probes the file: a few reads, off the shard's event loop.
-        let mut input = tokio::task::spawn_blocking(move || media::open_input(&path))
+        let input = tokio::task::spawn_blocking(move || media::open_input(&path))
             .await
-            .map_err(|e| media_err(0, format!("cannot open: {e}")))?
-            .map_err(|e| media_err(0, format!("cannot open: {e}")))?;
+            .map_err(|e| {
+                media_err(
+                    0,
+                    MediaError::new(Fault::Local, format!("cannot open: {e}")),
+                )
+            })?
+            .map_err(|e| media_err(0, bad(format!("cannot open: {e}"))))?;
         let video = input
             .streams()
             .best(ff::media::Type::Video)
@@ -74,15 +82,17 @@ impl Task {
             .best(ff::media::Type::Audio)
             .map(|s| s.index());
         if video.is_none() && audio.is_none() {
-            return Err(media_err(0, "no audio or video stream".into()));
+            return Err(media_err(0, bad("no audio or video stream".into())));
         }
         let mut ranges = match &spec.cut {
             Cut::Whole => plan::whole(),
             Cut::Relative(r) => r.clone(),
             Cut::Absolute(_) => return Err(media_err(
                 0,
-                "absofftime needs the recording's start time, which this worker cannot read yet"
-                    .into(),
+                MediaError::new(
+                    Fault::Unsupported,
+                    "absofftime needs the recording's start time, which this worker cannot read yet",
+                ),
             )),
         };
         let resume_ms = self.resume_offset_ms;
@@ -103,7 +113,9 @@ impl Task {
             *out = Some(
                 self.open_output(&input, video, audio)
                     .map_err(|h| match h {
-                        Halt::Fail(WorkerError::Media { cause, .. }) => media_err(0, cause),
+                        Halt::Fail(WorkerError::Media { fault, cause, .. }) => {
+                            media_err(0, MediaError { fault, cause })
+                        }
                         other => other,
                     })?,
             );
@@ -118,10 +130,10 @@ impl Task {
         let (video, audio) = match &mut o.mode {
             Mode::Copy => o
                 .copy_streams(&input, video, audio)
-                .map_err(|c| media_err(0, c))?,
+                .map_err(|c| media_err(0, MediaError::new(Fault::Unsupported, c)))?,
             Mode::Transcode(t) => {
                 t.open_item(&input, video, audio)
-                    .map_err(|c| media_err(0, c))?;
+                    .map_err(|c| media_err(0, MediaError::new(Fault::Codec, c)))?;
                 (video, audio)
             }
         };
@@ -130,6 +142,8 @@ impl Task {
             ff::ffi::AV_NOPTS_VALUE => 0,
             t => t, // AV_TIME_BASE = µs
         };
+        // From here on the demuxer reads ahead, off this thread.
+        let mut reader = ReadAhead::new(input);
         for r in ranges {
             let mut seg = Segment {
                 start: start_time + r.start_ms as i64 * 1000,
@@ -144,9 +158,10 @@ impl Task {
                 // The keyframe at or before the cut: copy mode starts there, transcode mode
                 // decodes from there. An estimated resume point takes the nearest keyframe.
                 let mut target = seg.start;
+                let input = reader.input().await.map_err(|e| media_err(r.start_ms, e))?;
                 if resume_ms.is_some() && std::mem::take(&mut self.resume_nearest) {
                     if let Some((seek, keyframe)) =
-                        video.and_then(|v| media::nearest_keyframe(&input, v, seg.start))
+                        video.and_then(|v| media::nearest_keyframe(input, v, seg.start))
                     {
                         target = seek;
                         seg.start = keyframe;
@@ -154,14 +169,9 @@ impl Task {
                 }
                 input
                     .seek(target, ..target + 1)
-                    .map_err(|e| media_err(r.start_ms, format!("seek failed: {e}")))?;
+                    .map_err(|e| media_err(r.start_ms, bad(format!("seek failed: {e}"))))?;
             }
-            self.play_segment(&mut input, o, &seg)
-                .await
-                .map_err(|h| match h {
-                    Halt::Fail(WorkerError::Media { cause, .. }) => media_err(r.start_ms, cause),
-                    other => other,
-                })?;
+            self.play_segment(&mut reader, o, &seg).await?;
         }
         Ok(Played::Yes)
     }
@@ -177,6 +187,20 @@ impl Task {
                 task: self.spec.id.clone(),
                 cause,
             })
+        };
+        let task_id = self.spec.id.clone();
+        let media_fail = |fault: Fault| {
+            let task = task_id.clone();
+            move |cause: String| {
+                Halt::Fail(WorkerError::Media {
+                    task,
+                    item: 0,
+                    url: String::new(),
+                    offset_ms: 0,
+                    fault,
+                    cause,
+                })
+            }
         };
         if self.spec.sources.iter().any(|s| s.watermark.is_some()) {
             return Err(fail(
@@ -215,7 +239,7 @@ impl Task {
                         acodec: vodfleet_proto::command::AudioCodec::Aac,
                     });
             let t = Transcoder::new(input, video, audio, &settings, self.timeline_base_us())
-                .map_err(|c| self.media_fail(c))?;
+                .map_err(media_fail(Fault::Codec))?;
             let setup = t.setup();
             (Mode::Transcode(Box::new(t)), setup)
         };
@@ -242,7 +266,7 @@ impl Task {
             self.timeline_base_us(),
             self.cfg.initial_burst,
         )
-        .map_err(|c| self.media_fail(c))?;
+        .map_err(media_fail(Fault::Unsupported))?;
         let setup = o.destination_setup(self.publish.clone());
         o.dests = self
             .spec
@@ -270,18 +294,6 @@ impl Task {
         Ok(o)
     }
 
-    /// A media failure while opening the output; `play_item` fills in the
-    /// item, its source and the offset.
-    fn media_fail(&self, cause: String) -> Halt {
-        Halt::Fail(WorkerError::Media {
-            task: self.spec.id.clone(),
-            item: 0,
-            url: String::new(),
-            offset_ms: 0,
-            cause,
-        })
-    }
-
     /// Where the output timeline starts (µs): a resumed task goes on from its position.
     fn timeline_base_us(&self) -> i64 {
         self.resume
@@ -291,11 +303,10 @@ impl Task {
     /// Plays one range of one item.
     async fn play_segment(
         &mut self,
-        input: &mut ff::format::context::Input,
+        reader: &mut ReadAhead,
         o: &mut Output,
         seg: &Segment,
     ) -> Result<(), Halt> {
-        let tbs: Vec<ff::Rational> = input.streams().map(|s| s.time_base()).collect();
         let mut gate: Gate<ff::Packet> =
             Gate::new(seg.start, seg.end, seg.video.is_some(), seg.audio.is_some());
         let mut on_air = Vec::new();
@@ -306,9 +317,28 @@ impl Task {
             // decoded but dropped, so the output starts exactly at the cut.
             o.timeline.begin(seg.start, seg.start);
         }
-        for (stream, packet) in input.packets() {
+        // Where the source was last read (µs): a read failure names it.
+        let mut last_pts = seg.start;
+        loop {
             self.control_pending()?;
-            let idx = stream.index();
+            // Waiting for a read answers control messages too.
+            let packet = tokio::select! {
+                biased;
+                c = self.control.recv() => {
+                    match c {
+                        Some(c) => self.obey(c)?,
+                        None => return Err(Halt::Stop),
+                    }
+                    continue;
+                }
+                p = reader.next() => p,
+            };
+            let packet = match packet {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => return Err(self.seg_err(seg, last_pts, e)),
+            };
+            let idx = packet.stream();
             let track = if Some(idx) == seg.video {
                 Track::Video
             } else if Some(idx) == seg.audio {
@@ -316,12 +346,13 @@ impl Task {
             } else {
                 continue;
             };
-            let tb = tbs[idx];
+            let tb = reader.time_base(idx);
             let us = |v: i64| v * 1_000_000 * tb.0 as i64 / tb.1 as i64;
             let Some(dts) = packet.dts().or(packet.pts()).map(us) else {
                 continue;
             };
             let pts = packet.pts().map(us).unwrap_or(dts);
+            last_pts = pts;
             let dur = us(packet.duration());
 
             if let Mode::Transcode(t) = &mut o.mode {
@@ -331,7 +362,7 @@ impl Task {
                 }
                 let frames_out = t
                     .decode(track, &packet, seg, &mut o.timeline)
-                    .map_err(|c| self.seg_err(seg, pts, c))?;
+                    .map_err(|c| self.seg_err(seg, pts, MediaError::new(Fault::Codec, c)))?;
                 self.send_all(o, frames_out).await?;
                 continue;
             }
@@ -359,7 +390,7 @@ impl Task {
             if let Mode::Transcode(t) = &mut o.mode {
                 let pkts = t
                     .end_segment(seg, &mut o.timeline)
-                    .map_err(|c| self.seg_err(seg, seg.start, c))?;
+                    .map_err(|c| self.seg_err(seg, seg.start, MediaError::new(Fault::Codec, c)))?;
                 self.send_all(o, pkts).await?;
             }
         } else {
@@ -371,13 +402,14 @@ impl Task {
         Ok(())
     }
 
-    fn seg_err(&self, seg: &Segment, pts: i64, cause: String) -> Halt {
+    fn seg_err(&self, seg: &Segment, pts: i64, e: MediaError) -> Halt {
         Halt::Fail(WorkerError::Media {
             task: self.spec.id.clone(),
             item: seg.item,
             url: redact::source(&self.spec.sources[seg.item].url),
             offset_ms: ((pts - seg.origin).max(0) / 1000) as u64,
-            cause,
+            fault: e.fault,
+            cause: e.cause,
         })
     }
 
