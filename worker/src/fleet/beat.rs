@@ -3,7 +3,7 @@
 //! fence watch (a task whose lease ran out is stopped before anyone else may
 //! start it), and the load watch ([`capacity`](super::capacity)).
 
-use super::capacity::{Capacity, CpuSampler, Limits, Load, Verdict};
+use super::capacity::{self, Capacity, CpuSampler, Limits, Load, Verdict};
 use super::{link, Fleet, StopReason};
 use crate::metrics;
 use std::sync::atomic::Ordering;
@@ -148,13 +148,15 @@ impl Fleet {
             }
             if verdict == Verdict::Shed {
                 let mut tasks = self.tasks();
-                let newest = tasks
-                    .iter()
-                    .filter(|(_, r)| r.stopping.is_none())
-                    .max_by_key(|(_, r)| r.started)
-                    .map(|(k, _)| k.clone());
+                let newest = capacity::shed_choice(
+                    tasks
+                        .iter()
+                        .filter(|(_, r)| r.stopping.is_none())
+                        .map(|(k, r)| (k, k.1, r.started)),
+                )
+                .map(|k| k.clone());
                 if let Some(key) = newest {
-                    tracing::warn!(task.id = %key.0, epoch = key.1, ?load, "overloaded: releasing the newest task with its position, for a worker with room");
+                    tracing::warn!(task.id = %key.0, epoch = key.1, ?load, "overloaded: releasing the newest task moved the fewest times, with its position, for a worker with room");
                     m.shed.inc();
                     self.stop_locked(&mut tasks, &key, StopReason::Shed);
                 }

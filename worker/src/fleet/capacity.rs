@@ -13,8 +13,22 @@
 //! - **Shed**: overloaded for several samples in a row; the newest task is
 //!   released with its exact position, so the coordinator re-issues it to a
 //!   worker with room, instead of every lease here lapsing at once (a fence storm).
+//!   [`shed_choice`] picks it among the tasks moved the fewest times, so a task
+//!   already shed once is not moved again while others never were.
 
 use std::time::Instant;
+
+/// The task to release when overloaded: the newest of those with the lowest
+/// epoch. The epoch counts how often a task was issued; shedding by start time
+/// alone would pick the task that was just re-issued here after a shed again
+/// and again (its epoch climbing), while the streams that overload the worker
+/// stay.
+pub fn shed_choice<K, T: Ord + Copy>(tasks: impl IntoIterator<Item = (K, u64, T)>) -> Option<K> {
+    tasks
+        .into_iter()
+        .max_by_key(|(_, epoch, started)| (std::cmp::Reverse(*epoch), *started))
+        .map(|(k, _, _)| k)
+}
 
 /// One load sample.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -215,6 +229,19 @@ fn system_ticks() -> Option<(u64, u64)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn shedding_picks_the_newest_never_moved_task() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + std::time::Duration::from_millis(ms);
+        // "b" came back here after a shed (epoch 2) and is the newest: "c" goes.
+        let got = super::shed_choice([("a", 1u64, at(0)), ("c", 1, at(10)), ("b", 2, at(20))]);
+        assert_eq!(got, Some("c"));
+        // Every task moved as often: the newest goes.
+        let got = super::shed_choice([("a", 2, at(0)), ("b", 2, at(20)), ("c", 3, at(30))]);
+        assert_eq!(got, Some("b"));
+        assert_eq!(super::shed_choice(Vec::<(&str, u64, Instant)>::new()), None);
+    }
+
     use super::*;
 
     fn load(cpu: f64, idle: f64, delay: u64, lag: u64) -> Load {
