@@ -152,9 +152,8 @@ impl Fleet {
                     tasks
                         .iter()
                         .filter(|(_, r)| r.stopping.is_none())
-                        .map(|(k, r)| (k, k.1, r.started)),
-                )
-                .map(|k| k.clone());
+                        .map(|(k, r)| (k.clone(), k.1, r.started)),
+                );
                 if let Some(key) = newest {
                     tracing::warn!(task.id = %key.0, epoch = key.1, ?load, "overloaded: releasing the newest task moved the fewest times, with its position, for a worker with room");
                     m.shed.inc();
