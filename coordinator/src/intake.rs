@@ -1,7 +1,8 @@
 //! Commands from `vodfleet.commands` (docs/contract.md#queue, docs/contract.md#commands,
 //! docs/contract.md#idempotency).
 //!
-//! Validate, apply once (idempotent by message id or body digest), answer the
+//! Validate, apply once to each task (idempotent by message id or body digest,
+//! recorded in the task by the same script that changes it), answer the
 //! producer if it asked (`reply_to`), then ack. A refused command is answered
 //! with 400/403 and a message naming the field, gets a failure callback when a
 //! URL was given, and is republished to `vodfleet.commands.dead` with the reason;
@@ -10,7 +11,7 @@
 
 use crate::callback::{payload, Callback};
 use crate::ctx::{now_ms, Ctx};
-use crate::store::{Seen, StoreError, TaskRecord};
+use crate::store::{StoreError, TaskRecord};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 use vodfleet_bus::lapin::message::Delivery;
@@ -19,10 +20,6 @@ use vodfleet_bus::lapin::types::{AMQPValue, FieldTable, ShortString};
 use vodfleet_bus::lapin::BasicProperties;
 use vodfleet_proto::fleet::{ToWorker, WorkOrder, COMMANDS_DEAD_QUEUE, REASON_HEADER};
 use vodfleet_proto::{parse_command, Cmd, Command, FieldError, TaskSpec};
-
-/// How long a command's marker lives. It only says "duplicate" while the tasks
-/// are as the command left them (see `Store::seen`), so a long life is safe.
-const MARKER_TTL_SECS: u64 = 86_400;
 
 pub enum ApplyError {
     Reject(FieldError),
@@ -75,33 +72,22 @@ pub async fn handle(ctx: &Ctx, d: Delivery) {
     };
     let mut delay = Duration::from_millis(200);
     loop {
-        let ids: Vec<&str> = cmd.tasks.iter().map(|t| t.id.as_str()).collect();
-        let r = match ctx.store.seen(&digest, &ids).await {
-            Ok(Seen::Done) => {
+        match apply(ctx, &cmd, &digest, now_ms()).await {
+            Ok(applied) => {
+                let outcome = if applied { "accepted" } else { "duplicate" };
                 ctx.metrics
                     .commands
-                    .with_label_values(&[cmd.cmd.code(), "duplicate"])
-                    .inc();
-                reply(ctx, &d, 200, "receive task success!").await;
-                ack(&d).await;
-                return;
-            }
-            Ok(Seen::New) => apply(ctx, &cmd, now_ms()).await,
-            Err(e) => Err(ApplyError::Store(e)),
-        };
-        match r {
-            Ok(()) => {
-                if let Err(e) = ctx.store.mark_applied(&digest, &ids, MARKER_TTL_SECS).await {
-                    tracing::warn!(error = %e, "could not mark a command applied; a redelivery would apply it again");
-                }
-                ctx.metrics
-                    .commands
-                    .with_label_values(&[cmd.cmd.code(), "accepted"])
+                    .with_label_values(&[cmd.cmd.code(), outcome])
                     .inc();
                 tracing::info!(
                     cmd = cmd.cmd.code(),
                     tasks = cmd.tasks.len(),
-                    "command applied"
+                    "{}",
+                    if applied {
+                        "command applied"
+                    } else {
+                        "command applied before (a redelivery or a re-publish); nothing changed"
+                    }
                 );
                 reply(ctx, &d, 200, "receive task success!").await;
                 ack(&d).await;
@@ -136,29 +122,48 @@ fn timing(ctx: &Ctx, c: Command, now: u64) -> Result<Command, FieldError> {
     Ok(c)
 }
 
-async fn apply(ctx: &Ctx, cmd: &Command, now: u64) -> Result<(), ApplyError> {
+/// Applies `cmd` (whose mark is `mark`) to each of its tasks that does not carry
+/// the mark yet. False when every task did: nothing was applied.
+async fn apply(ctx: &Ctx, cmd: &Command, mark: &str, now: u64) -> Result<bool, ApplyError> {
+    let ids: Vec<&str> = cmd.tasks.iter().map(|t| t.id.as_str()).collect();
+    let done: Vec<bool> = ctx
+        .store
+        .last_commands(&ids)
+        .await?
+        .iter()
+        .map(|m| m.as_deref() == Some(mark))
+        .collect();
+    if matches!(cmd.cmd, Cmd::Start | Cmd::Resume) {
+        for id in ids.iter().zip(&done).filter(|(_, d)| **d).map(|(id, _)| id) {
+            ctx.store.ensure_indexed(id, now).await?;
+        }
+    }
+    let todo = || cmd.tasks.iter().enumerate().filter(|(i, _)| !done[*i]);
+    if todo().next().is_none() {
+        return Ok(false);
+    }
     match cmd.cmd {
         Cmd::Start => {
-            for spec in &cmd.tasks {
-                start(ctx, spec, cmd.callback_url.as_deref(), now, None).await?;
+            for (_, spec) in todo() {
+                start(ctx, spec, cmd.callback_url.as_deref(), now, None, mark).await?;
             }
         }
         Cmd::Terminate => {
-            for (i, spec) in cmd.tasks.iter().enumerate() {
-                terminate(ctx, i, spec, now).await?;
+            for (i, spec) in todo() {
+                terminate(ctx, i, spec, now, mark).await?;
             }
         }
         Cmd::Update => {
-            for (i, spec) in cmd.tasks.iter().enumerate() {
-                update(ctx, i, spec, now).await?;
+            for (i, spec) in todo() {
+                update(ctx, i, spec, now, mark).await?;
             }
         }
         Cmd::Resume => {
             // Every task must have its record before anything changes.
             let mut records = Vec::new();
-            for (i, spec) in cmd.tasks.iter().enumerate() {
+            for (i, spec) in todo() {
                 match ctx.store.resume_record(&spec.id).await? {
-                    Some(r) => records.push(r),
+                    Some(r) => records.push((i, spec, r)),
                     None => {
                         return Err(ApplyError::Reject(FieldError::new(
                             format!("list[{i}].id"),
@@ -167,7 +172,7 @@ async fn apply(ctx: &Ctx, cmd: &Command, now: u64) -> Result<(), ApplyError> {
                     }
                 }
             }
-            for (i, (spec, (record, callback))) in cmd.tasks.iter().zip(records).enumerate() {
+            for (i, spec, (record, callback)) in records {
                 let mut resumed = record.spec.clone();
                 for (j, f) in spec.forwards.iter().enumerate() {
                     let Some(reset) = &f.reset_url else { continue };
@@ -182,7 +187,15 @@ async fn apply(ctx: &Ctx, cmd: &Command, now: u64) -> Result<(), ApplyError> {
                     }
                 }
                 let cb = cmd.callback_url.clone().or(callback);
-                let epoch = start(ctx, &resumed, cb.as_deref(), now, Some(record.position)).await?;
+                let epoch = start(
+                    ctx,
+                    &resumed,
+                    cb.as_deref(),
+                    now,
+                    Some(record.position),
+                    mark,
+                )
+                .await?;
                 ctx.store.delete_resume(&spec.id).await?;
                 if let Some(url) = cb {
                     let id = format!("{}:{epoch}:resumed", spec.id);
@@ -203,7 +216,7 @@ async fn apply(ctx: &Ctx, cmd: &Command, now: u64) -> Result<(), ApplyError> {
             }
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Records a run and issues its lease (or schedules it), fencing a previous run.
@@ -214,6 +227,7 @@ async fn start(
     callback: Option<&str>,
     now: u64,
     resume: Option<vodfleet_proto::Position>,
+    mark: &str,
 ) -> Result<u64, ApplyError> {
     let scheduled = spec.start_ms.is_some_and(|s| s > now);
     let started = ctx
@@ -225,6 +239,7 @@ async fn start(
             ctx.ttl_ms(),
             scheduled,
             resume.as_ref(),
+            mark,
         )
         .await?;
     if let Some(w) = &started.old_worker {
@@ -266,8 +281,14 @@ async fn known(ctx: &Ctx, i: usize, id: &str) -> Result<TaskRecord, ApplyError> 
 
 /// Stores `spec` if its task is still at `epoch`; a task that moved on meanwhile is
 /// a transient conflict, so the command is applied again against the new state.
-async fn replace_spec(ctx: &Ctx, spec: &TaskSpec, epoch: u64, now: u64) -> Result<(), ApplyError> {
-    if ctx.store.set_spec(&spec.id, epoch, spec, now).await? {
+async fn replace_spec(
+    ctx: &Ctx,
+    spec: &TaskSpec,
+    epoch: u64,
+    now: u64,
+    mark: &str,
+) -> Result<(), ApplyError> {
+    if ctx.store.set_spec(&spec.id, epoch, spec, now, mark).await? {
         Ok(())
     } else {
         Err(ApplyError::Store(StoreError::Conflict {
@@ -280,7 +301,13 @@ fn is_over(state: &str) -> bool {
     matches!(state, "stopped" | "finished" | "failed")
 }
 
-async fn terminate(ctx: &Ctx, i: usize, spec: &TaskSpec, now: u64) -> Result<(), ApplyError> {
+async fn terminate(
+    ctx: &Ctx,
+    i: usize,
+    spec: &TaskSpec,
+    now: u64,
+    mark: &str,
+) -> Result<(), ApplyError> {
     let TaskRecord {
         spec: mut stored,
         state,
@@ -304,7 +331,9 @@ async fn terminate(ctx: &Ctx, i: usize, spec: &TaskSpec, now: u64) -> Result<(),
     stored.forwards.retain(|o| !stopping.contains(&o.url));
     if stored.forwards.is_empty() {
         // The last destinations: the task stops and its resume record is written.
-        if let Some((holder, held_epoch)) = ctx.store.stop(&spec.id, now, "stopped", true).await? {
+        if let Some((holder, held_epoch)) =
+            ctx.store.stop(&spec.id, now, "stopped", true, mark).await?
+        {
             if let Some(w) = holder {
                 ctx.tell(
                     &w,
@@ -335,7 +364,7 @@ async fn terminate(ctx: &Ctx, i: usize, spec: &TaskSpec, now: u64) -> Result<(),
         }
         return Ok(());
     }
-    replace_spec(ctx, &stored, epoch, now).await?;
+    replace_spec(ctx, &stored, epoch, now, mark).await?;
     if let Some(w) = worker {
         ctx.tell(
             &w,
@@ -357,7 +386,13 @@ fn stored_with(spec: &TaskSpec, urls: &[String]) -> TaskSpec {
     s
 }
 
-async fn update(ctx: &Ctx, i: usize, spec: &TaskSpec, now: u64) -> Result<(), ApplyError> {
+async fn update(
+    ctx: &Ctx,
+    i: usize,
+    spec: &TaskSpec,
+    now: u64,
+    mark: &str,
+) -> Result<(), ApplyError> {
     let TaskRecord {
         spec: mut stored,
         state,
@@ -378,7 +413,7 @@ async fn update(ctx: &Ctx, i: usize, spec: &TaskSpec, now: u64) -> Result<(), Ap
     stored.loop_count = spec.loop_count;
     stored.first_item = spec.first_item.min(stored.sources.len().saturating_sub(1));
     stored.callback_file_info = spec.callback_file_info;
-    replace_spec(ctx, &stored, epoch, now).await?;
+    replace_spec(ctx, &stored, epoch, now, mark).await?;
     if let Some(w) = worker {
         ctx.tell(
             &w,
@@ -487,7 +522,7 @@ async fn reply(ctx: &Ctx, d: &Delivery, code: u16, msg: &str) {
 
 async fn ack(d: &Delivery) {
     if let Err(e) = d.ack(BasicAckOptions::default()).await {
-        tracing::warn!(error = %e, "ack failed; RabbitMQ will redeliver and the marker makes it a no-op");
+        tracing::warn!(error = %e, "ack failed; RabbitMQ will redeliver and the tasks' marks make it a no-op");
     }
 }
 

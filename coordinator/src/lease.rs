@@ -224,7 +224,7 @@ pub async fn reap(ctx: &Ctx) -> Result<(), StoreError> {
         }
         if d.end_ms > 0 && d.end_ms <= now {
             // End beats loop: the task is over, as if stopped, but nothing is kept to resume.
-            if let Some((holder, epoch)) = ctx.store.stop(&id, now, "finished", false).await? {
+            if let Some((holder, epoch)) = ctx.store.stop(&id, now, "finished", false, "").await? {
                 tracing::info!(task.id = %id, "end time reached; task stopped");
                 if let Some(w) = holder {
                     ctx.tell(

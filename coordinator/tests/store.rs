@@ -77,7 +77,10 @@ async fn only_the_current_epoch_is_renewed_and_an_expired_lease_is_issued_once()
     let r = Redis::start();
     let s = Store::connect(&r.url()).await.unwrap();
     let t = spec("t1");
-    let started = s.start(&t, None, 1_000, TTL, false, None).await.unwrap();
+    let started = s
+        .start(&t, None, 1_000, TTL, false, None, "m1")
+        .await
+        .unwrap();
     assert_eq!((started.epoch, started.old_worker), (1, None));
     let live = [DestinationState::Live];
 
@@ -147,6 +150,7 @@ async fn stop_writes_a_48h_resume_record_and_the_release_makes_it_exact() {
         TTL,
         false,
         None,
+        "m1",
     )
     .await
     .unwrap();
@@ -163,7 +167,7 @@ async fn stop_writes_a_48h_resume_record_and_the_release_makes_it_exact() {
     .unwrap();
 
     let (holder, held) = s
-        .stop("t2", 3_000, "stopped", true)
+        .stop("t2", 3_000, "stopped", true, "m2")
         .await
         .unwrap()
         .expect("a live task stops");
@@ -173,7 +177,7 @@ async fn stop_writes_a_48h_resume_record_and_the_release_makes_it_exact() {
         "the worker to tell, and the epoch it held"
     );
     assert!(
-        s.stop("t2", 3_001, "stopped", true)
+        s.stop("t2", 3_001, "stopped", true, "m3")
             .await
             .unwrap()
             .is_none(),
@@ -225,7 +229,7 @@ async fn stop_writes_a_48h_resume_record_and_the_release_makes_it_exact() {
 async fn a_release_is_issued_again_at_once_and_a_restart_fences_the_old_run() {
     let r = Redis::start();
     let s = Store::connect(&r.url()).await.unwrap();
-    s.start(&spec("t3"), None, 1_000, TTL, false, None)
+    s.start(&spec("t3"), None, 1_000, TTL, false, None, "m1")
         .await
         .unwrap();
     s.renew("t3", 1, "w1", 1_500, TTL, &pos(500), &[])
@@ -247,7 +251,7 @@ async fn a_release_is_issued_again_at_once_and_a_restart_fences_the_old_run() {
         .await
         .unwrap();
     let again = s
-        .start(&spec("t3"), None, 3_000, TTL, false, None)
+        .start(&spec("t3"), None, 3_000, TTL, false, None, "m2")
         .await
         .unwrap();
     assert_eq!(
@@ -269,7 +273,9 @@ async fn a_scheduled_task_is_issued_at_its_start_time_and_a_lost_record_is_recla
     let s = Store::connect(&r.url()).await.unwrap();
     let mut t = spec("t4");
     t.start_ms = Some(10_000);
-    s.start(&t, None, 1_000, TTL, true, None).await.unwrap();
+    s.start(&t, None, 1_000, TTL, true, None, "m1")
+        .await
+        .unwrap();
     assert!(s.issue("t4", 9_999, TTL, "due").await.unwrap().is_none());
     assert_eq!(s.due(9_999, 10).await.unwrap(), Vec::<String>::new());
     assert_eq!(s.due(10_000, 10).await.unwrap(), vec!["t4".to_owned()]);
@@ -325,7 +331,10 @@ async fn an_unclaimed_order_is_offered_again_under_the_same_epoch() {
     let r = Redis::start();
     let s = Store::connect(&r.url()).await.unwrap();
     let t = spec("t1");
-    let started = s.start(&t, None, 1_000, TTL, false, None).await.unwrap();
+    let started = s
+        .start(&t, None, 1_000, TTL, false, None, "m1")
+        .await
+        .unwrap();
     assert_eq!(started.epoch, 1);
     let again = s
         .issue("t1", 1_000 + TTL + 1, TTL, "expired")
@@ -361,4 +370,64 @@ async fn an_unclaimed_order_is_offered_again_under_the_same_epoch() {
         .unwrap()
         .unwrap();
     assert_eq!((failover.epoch, failover.was.as_str()), (2, "running"));
+}
+
+/// A command's mark is written by the same script that applies it: once a
+/// transition happened, the task says which command made it, so a redelivery
+/// after a coordinator died before its ack is recognised.
+#[tokio::test]
+async fn each_transition_records_the_command_that_made_it() {
+    let r = Redis::start();
+    let s = Store::connect(&r.url()).await.unwrap();
+    assert_eq!(s.last_commands(&["t5"]).await.unwrap(), vec![None]);
+    s.start(&spec("t5"), None, 1_000, TTL, false, None, "start-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.last_commands(&["t5", "nope"]).await.unwrap(),
+        vec![Some("start-1".to_owned()), None]
+    );
+    // A renewal, a release or a re-issue is not a command: the mark stays.
+    s.renew(
+        "t5",
+        1,
+        "w1",
+        2_000,
+        TTL,
+        &pos(1_000),
+        &[DestinationState::Live],
+    )
+    .await
+    .unwrap();
+    s.issue("t5", 1_000_000, TTL, "expired").await.unwrap();
+    assert_eq!(
+        s.last_commands(&["t5"]).await.unwrap(),
+        vec![Some("start-1".to_owned())],
+        "a failover does not make the start command new again"
+    );
+    assert!(s
+        .set_spec("t5", 2, &spec("t5"), 3_000, "update-1")
+        .await
+        .unwrap());
+    assert_eq!(
+        s.last_commands(&["t5"]).await.unwrap(),
+        vec![Some("update-1".to_owned())]
+    );
+    s.stop("t5", 4_000, "stopped", true, "stop-1")
+        .await
+        .unwrap()
+        .expect("stops");
+    assert_eq!(
+        s.last_commands(&["t5"]).await.unwrap(),
+        vec![Some("stop-1".to_owned())]
+    );
+    // The end time stops a task with no command: the last command's mark stays.
+    s.start(&spec("t6"), None, 1_000, TTL, false, None, "start-6")
+        .await
+        .unwrap();
+    s.stop("t6", 2_000, "finished", false, "").await.unwrap();
+    assert_eq!(
+        s.last_commands(&["t6"]).await.unwrap(),
+        vec![Some("start-6".to_owned())]
+    );
 }

@@ -41,10 +41,6 @@ pub mod keys {
     pub const DUE: &str = "vodfleet:due";
     /// Set of every task id the fleet knows (for listings).
     pub const TASKS: &str = "vodfleet:tasks";
-    /// Marker of an applied command (idempotency), by message id or body digest.
-    pub fn applied(digest: &str) -> String {
-        format!("vodfleet:applied:{digest}")
-    }
     /// 48 hours, as the seed requires (docs/contract.md#resume-record).
     pub const RESUME_TTL_SECS: u64 = 172_800;
 }

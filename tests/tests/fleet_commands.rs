@@ -194,3 +194,70 @@ fn timed_start_and_end_are_kept_within_a_second() {
         watch.summary()
     );
 }
+
+/// A producer that re-publishes a start it was not sure went through (same
+/// message id) after the task moved to another worker gets a duplicate, not a
+/// restart: the task keeps its epoch and its one publisher. The mark of the
+/// command that started it lives in the task's own record, written by the
+/// script that applied it, so neither a failover nor a coordinator dying
+/// before its ack makes the command new again.
+#[test]
+fn a_start_published_again_after_a_hand_off_changes_nothing() {
+    let mut fleet = Fleet::start(FleetOptions::default());
+    let producer = fleet.producer();
+    let media = long_counter();
+    let task = fleet.new_task(&[&media], 1);
+    let message_id = vodfleet_tests::unique("start");
+    producer.send_as(&task.start(0), &message_id);
+    fleet
+        .rtmp
+        .wait_publishing(task.key(), Duration::from_secs(15));
+    let owner = fleet.owner_of(&task.id, Duration::from_secs(10));
+    let epoch = |fleet: &Fleet| {
+        fleet
+            .redis
+            .hgetall(&keys::task(&task.id))
+            .get("epoch")
+            .and_then(|e| e.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    fleet.worker(&owner).sigterm();
+    let other = poll(Duration::from_secs(20), || {
+        let w = fleet.owner_of(&task.id, Duration::from_secs(10));
+        (w != owner && epoch(&fleet) == 2).then_some(w)
+    })
+    .unwrap_or_else(|| panic!("no hand-off to another worker\n{}", fleet.reports()));
+    let accepted = |fleet: &Fleet, outcome: &str| {
+        fleet
+            .coordinators
+            .iter()
+            .map(|c| {
+                vodfleet_tests::fleet::metric_sum(
+                    &c.metrics(),
+                    &format!("vodfleet_commands_total{{cmd=\"1\",result=\"{outcome}\"}}"),
+                )
+                .unwrap_or(0.0)
+            })
+            .sum::<f64>()
+    };
+    assert_eq!(accepted(&fleet, "accepted"), 1.0);
+
+    producer.send_as(&task.start(0), &message_id);
+    poll(Duration::from_secs(10), || {
+        (accepted(&fleet, "duplicate") == 1.0).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the re-publish was not taken as a duplicate\n{}",
+            fleet.reports()
+        )
+    });
+    assert_eq!(accepted(&fleet, "accepted"), 1.0, "applied once");
+    // Nothing restarts: over a 2 s observation window the epoch and the publisher
+    // stay as the hand-off left them (a restart shows within a second).
+    let before = publishers(&fleet.rtmp, task.key());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(epoch(&fleet), 2, "{}", fleet.reports());
+    assert_eq!(publishers(&fleet.rtmp, task.key()), before);
+    assert_eq!(fleet.owner_of(&task.id, Duration::from_secs(5)), other);
+}

@@ -1,54 +1,43 @@
-//! Idempotency markers: which commands were applied, and to what.
+//! Idempotency: which command last changed each task.
+//!
+//! Every transition a command makes writes the command's mark into the task's
+//! own hash in the same script ([`super::scripts`]), so "applied" and "recorded
+//! as applied" cannot come apart when a coordinator dies between them. A
+//! redelivery (or a producer's re-publish) finds its mark on a task and skips
+//! it; the same body sent again after another command changed the task (stop,
+//! resume, stop) is a new command.
 
 use super::{Result, Store};
-use redis::AsyncCommands;
 use vodfleet_proto::fleet::keys;
 
-/// Whether a command was seen before (idempotency marker).
-#[derive(Debug, PartialEq, Eq)]
-pub enum Seen {
-    New,
-    /// Applied already: answer as before, change nothing.
-    Done,
-}
-
 impl Store {
-    /// What the named tasks look like now: epoch and a digest of the spec, per task.
-    /// A command's marker stores this as it was right after the command applied.
-    async fn fingerprint(&self, ids: &[&str]) -> Result<String> {
+    /// The mark of the last command applied to each task (`None`: none, or no such task).
+    pub async fn last_commands(&self, ids: &[&str]) -> Result<Vec<Option<String>>> {
         let mut c = self.conn.clone();
-        let mut out = String::new();
+        let mut p = redis::pipe();
         for id in ids {
-            let (epoch, spec): (Option<u64>, Option<String>) = redis::cmd("HMGET")
-                .arg(keys::task(id))
-                .arg(&["epoch", "spec"])
-                .query_async(&mut c)
-                .await?;
-            let digest = hex::encode(
-                &<sha2::Sha256 as sha2::Digest>::digest(spec.unwrap_or_default().as_bytes())[..8],
-            );
-            out.push_str(&format!("{id}={}:{digest};", epoch.unwrap_or(0)));
+            p.hget(keys::task(id), "cmd");
         }
-        Ok(out)
+        Ok(p.query_async(&mut c).await?)
     }
 
-    /// Idempotency: was this command applied, with nothing changed since? A
-    /// redelivery (or a producer's re-publish) finds the tasks as the command
-    /// left them and is skipped; the same body sent again after the tasks moved
-    /// on (stop, resume, stop) is a new command.
-    pub async fn seen(&self, digest: &str, ids: &[&str]) -> Result<Seen> {
+    /// Makes sure a task a command already started is indexed and looked at by
+    /// the reaper now: the coordinator that applied the command may have died
+    /// before indexing it or publishing its order. The reaper then re-offers an
+    /// order no worker took, under the same epoch, and reschedules the rest.
+    pub async fn ensure_indexed(&self, id: &str, now: u64) -> Result<()> {
         let mut c = self.conn.clone();
-        let v: Option<String> = c.get(keys::applied(digest)).await?;
-        match v {
-            Some(v) if v == self.fingerprint(ids).await? => Ok(Seen::Done),
-            _ => Ok(Seen::New),
-        }
-    }
-
-    pub async fn mark_applied(&self, digest: &str, ids: &[&str], ttl_secs: u64) -> Result<()> {
-        let fp = self.fingerprint(ids).await?;
-        let mut c = self.conn.clone();
-        let _: () = c.set_ex(keys::applied(digest), fp, ttl_secs).await?;
+        let _: () = redis::pipe()
+            .sadd(keys::TASKS, id)
+            .ignore()
+            .cmd("ZADD")
+            .arg(keys::DUE)
+            .arg("NX")
+            .arg(now)
+            .arg(id)
+            .ignore()
+            .query_async(&mut c)
+            .await?;
         Ok(())
     }
 }

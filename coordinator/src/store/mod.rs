@@ -9,7 +9,7 @@
 //! Submodules: `scripts` (the Lua scripts), `transition` (the calls that run
 //! them: start, issue, renew, release, finish, stop, set_spec, reclaim),
 //! `record` (a task's live and resume records), `due` (the deadline index),
-//! `applied` (idempotency markers), `view` (what the API shows).
+//! `applied` (which command last changed a task), `view` (what the API shows).
 
 mod applied;
 mod due;
@@ -22,7 +22,6 @@ use redis::aio::ConnectionManager;
 use serde::Serialize;
 use vodfleet_proto::Position;
 
-pub use applied::Seen;
 pub use record::{Deadlines, TaskRecord};
 pub use transition::{Issued, Release, Renewal, Started};
 pub use view::{DestinationView, TaskView};

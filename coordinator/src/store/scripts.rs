@@ -1,5 +1,11 @@
 //! The Lua scripts: one per task transition, each atomic over one task's hash
 //! (and its resume record, which shares the hash tag).
+//!
+//! A transition made by a command writes the command's mark (its message id
+//! or body digest) into the task's `cmd` field in the same script: applying a
+//! command to a task and recording that it was applied are one step, so a
+//! redelivery after a coordinator died half-way never applies it twice
+//! (docs/contract.md#idempotency).
 
 use redis::Script;
 use std::sync::LazyLock;
@@ -13,7 +19,7 @@ macro_rules! script {
 script!(
     START,
     r#"
--- KEYS[1] task. ARGV: spec, callback, now, ttl, start_ms, end_ms, scheduled, position
+-- KEYS[1] task. ARGV: spec, callback, now, ttl, start_ms, end_ms, scheduled, position, command mark
 local old_state = redis.call('HGET', KEYS[1], 'state') or ''
 local old_worker = redis.call('HGET', KEYS[1], 'worker') or ''
 local old_epoch = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
@@ -22,7 +28,7 @@ local state, lease = 'leased', tonumber(ARGV[3]) + tonumber(ARGV[4])
 if ARGV[7] == '1' then state, lease = 'scheduled', 0 end
 redis.call('HSET', KEYS[1], 'spec', ARGV[1], 'callback', ARGV[2], 'state', state, 'epoch', e,
   'worker', '', 'lease_until', lease, 'position', ARGV[8], 'destinations', '[]', 'start_ms', ARGV[5],
-  'end_ms', ARGV[6], 'updated_ms', ARGV[3], 'beat_ms', 0, 'error', '')
+  'end_ms', ARGV[6], 'updated_ms', ARGV[3], 'beat_ms', 0, 'error', '', 'cmd', ARGV[9])
 redis.call('PERSIST', KEYS[1])
 if old_state ~= 'leased' and old_state ~= 'running' then old_worker = '' end
 return {old_worker, old_epoch, e}
@@ -119,12 +125,13 @@ return 1
 script!(
     STOP,
     r#"
--- KEYS[1] task, KEYS[2] resume. ARGV: now, final_state, write_resume, resume_ttl
+-- KEYS[1] task, KEYS[2] resume. ARGV: now, final_state, write_resume, resume_ttl, command mark
 local st = redis.call('HGET', KEYS[1], 'state')
 if not st or st == 'stopped' or st == 'finished' or st == 'failed' then return false end
 local worker = redis.call('HGET', KEYS[1], 'worker') or ''
 local e = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'worker', '', 'lease_until', 0, 'updated_ms', ARGV[1])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'cmd', ARGV[5]) end
 -- Over: the record stays readable for 48 h (like a resume record), then goes.
 redis.call('EXPIRE', KEYS[1], 172800)
 if ARGV[3] == '1' then
@@ -141,9 +148,9 @@ return {worker, e - 1}
 script!(
     SET_SPEC,
     r#"
--- KEYS[1] task. ARGV: expected epoch, spec, now
+-- KEYS[1] task. ARGV: expected epoch, spec, now, command mark
 if tonumber(redis.call('HGET', KEYS[1], 'epoch') or '-1') ~= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'spec', ARGV[2], 'updated_ms', ARGV[3])
+redis.call('HSET', KEYS[1], 'spec', ARGV[2], 'updated_ms', ARGV[3], 'cmd', ARGV[4])
 return 1
 "#
 );

@@ -57,6 +57,7 @@ impl Store {
         ttl: u64,
         scheduled: bool,
         resume: Option<&Position>,
+        mark: &str,
     ) -> Result<Started> {
         let mut c = self.conn.clone();
         let (old_worker, old_epoch, epoch): (String, u64, u64) = START
@@ -69,6 +70,7 @@ impl Store {
             .arg(spec.end_ms.unwrap_or(0))
             .arg(if scheduled { "1" } else { "0" })
             .arg(resume.map(json).unwrap_or_default())
+            .arg(mark)
             .invoke_async(&mut c)
             .await?;
         let _: () = c.sadd(keys::TASKS, &spec.id).await?;
@@ -219,14 +221,15 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Stops a live or scheduled task (cmd 2, or its end time). Returns the worker
-    /// that held it (to be told) and the epoch it held.
+    /// Stops a live or scheduled task (cmd 2 with its `mark`, or its end time
+    /// with none). Returns the worker that held it (to be told) and the epoch it held.
     pub async fn stop(
         &self,
         id: &str,
         now: u64,
         final_state: &str,
         write_resume: bool,
+        mark: &str,
     ) -> Result<Option<(Option<String>, u64)>> {
         let mut c = self.conn.clone();
         let r: Option<(String, u64)> = STOP
@@ -236,6 +239,7 @@ impl Store {
             .arg(final_state)
             .arg(if write_resume { "1" } else { "0" })
             .arg(keys::RESUME_TTL_SECS)
+            .arg(mark)
             .invoke_async(&mut c)
             .await?;
         self.unschedule(id).await?;
@@ -243,14 +247,22 @@ impl Store {
     }
 
     /// Replaces the spec if the task is still at `epoch` (optimistic: a concurrent
-    /// transition makes this return false, and the caller re-reads).
-    pub async fn set_spec(&self, id: &str, epoch: u64, spec: &TaskSpec, now: u64) -> Result<bool> {
+    /// transition makes this return false, and the caller re-reads). `mark` is the command's.
+    pub async fn set_spec(
+        &self,
+        id: &str,
+        epoch: u64,
+        spec: &TaskSpec,
+        now: u64,
+        mark: &str,
+    ) -> Result<bool> {
         let mut c = self.conn.clone();
         let n: i64 = SET_SPEC
             .key(keys::task(id))
             .arg(epoch)
             .arg(json(spec))
             .arg(now)
+            .arg(mark)
             .invoke_async(&mut c)
             .await?;
         Ok(n == 1)

@@ -98,10 +98,16 @@ impl Producer {
     }
 
     fn publish(&self, body: &[u8], props: BasicProperties) {
+        self.publish_as(body, props, &unique("msg"));
+    }
+
+    /// Publishes with the given `message_id` (a producer re-publishing a command
+    /// it is not sure went through uses the same one).
+    fn publish_as(&self, body: &[u8], props: BasicProperties, message_id: &str) {
         let props = props
             .with_delivery_mode(2)
             .with_content_type(ShortString::from("application/json"))
-            .with_message_id(ShortString::from(unique("msg")));
+            .with_message_id(ShortString::from(message_id));
         let ch = &self.ch;
         let confirm = self.rt().block_on(async {
             let opts = BasicPublishOptions {
@@ -131,6 +137,12 @@ impl Producer {
     /// Publishes a JSON command body.
     pub fn send(&self, body: &Value) {
         self.send_raw(&serde_json::to_vec(body).expect("JSON"));
+    }
+
+    /// Publishes a JSON command body under a message id of the caller's.
+    pub fn send_as(&self, body: &Value, message_id: &str) {
+        let body = serde_json::to_vec(body).expect("JSON");
+        self.publish_as(&body, BasicProperties::default(), message_id);
     }
 
     /// Publishes exact bytes (malformed, oversized, not UTF-8…).
