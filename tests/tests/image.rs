@@ -50,11 +50,12 @@ fn podman() -> Command {
 fn run(cmd: &mut Command, timeout: Duration) -> Result<String, String> {
     let out = tempfile::NamedTempFile::new().map_err(|e| format!("tempfile: {e}"))?;
     let what = format!("{cmd:?}");
-    let file = || out.reopen().map_err(|e| format!("reopen: {e}"));
+    // One open file for both streams: they share its offset.
+    let file = out.reopen().map_err(|e| format!("reopen: {e}"))?;
     let mut child = cmd
         .stdin(Stdio::null())
-        .stdout(file()?)
-        .stderr(file()?)
+        .stdout(file.try_clone().map_err(|e| format!("dup: {e}"))?)
+        .stderr(file)
         .spawn()
         .map_err(|e| format!("spawn {what}: {e}"))?;
     let status = poll(timeout, || child.try_wait().ok().flatten());
@@ -90,6 +91,7 @@ fn profile() -> String {
 fn image() -> &'static str {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
+        remove_orphans();
         let t = Instant::now();
         let out = run(
             Command::new("bash")
@@ -105,6 +107,33 @@ fn image() -> &'static str {
         panic!("the image did not build:\n{e}");
     }
     TAG
+}
+
+/// Containers of earlier runs of these tests whose test process is gone (one
+/// killed before its drop ran): removed, so they hold no ports or streams.
+/// Their names are [`unique`]`("vf-image")`: `vf-image-<pid>x…`.
+fn remove_orphans() {
+    let Ok(names) = run(
+        podman().args(["ps", "-a", "--format", "{{.Names}}"]),
+        Duration::from_secs(60),
+    ) else {
+        return;
+    };
+    for name in names.lines().map(str::trim) {
+        let pid = name
+            .strip_prefix("vf-image-")
+            .and_then(|rest| rest.split('x').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                eprintln!("removing container {name} left by test process {pid}");
+                let _ = run(
+                    podman().args(["rm", "-f", "-t", "0", name]),
+                    Duration::from_secs(60),
+                );
+            }
+        }
+    }
 }
 
 /// One `podman run` in the foreground: its output in a file, printed when the
