@@ -37,6 +37,20 @@ pub enum BusError {
     NoReply(std::time::Duration),
 }
 
+/// `url` with an AMQP heartbeat of `secs` seconds, unless it names one already.
+///
+/// RabbitMQ notices a peer that stopped answering only through heartbeats; until
+/// then the deliveries it pushed to that peer stay unacked there. A worker that
+/// is frozen (SIGSTOP, a VM paused) would otherwise sit on the work order that
+/// re-issues its own task for RabbitMQ's default of 60 s.
+pub fn with_heartbeat(url: &str, secs: u16) -> String {
+    if url.contains("heartbeat=") {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}heartbeat={}", secs.max(1))
+}
+
 /// A connection with one confirming publisher channel.
 pub struct Bus {
     conn: Connection,
@@ -306,4 +320,23 @@ pub async fn declare(ch: &Channel) -> Result<(), BusError> {
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_heartbeat_is_added_once() {
+        assert_eq!(
+            super::with_heartbeat("amqp://h:5672/%2f", 2),
+            "amqp://h:5672/%2f?heartbeat=2"
+        );
+        assert_eq!(
+            super::with_heartbeat("amqp://h/v?frame_max=8192", 0),
+            "amqp://h/v?frame_max=8192&heartbeat=1"
+        );
+        assert_eq!(
+            super::with_heartbeat("amqp://h/v?heartbeat=30", 2),
+            "amqp://h/v?heartbeat=30"
+        );
+    }
 }

@@ -23,6 +23,10 @@ pub struct Config {
     pub destination_attempts: u32,
     /// `VODFLEET_RETRY_BACKOFF_MS`: first backoff delay; it doubles per attempt.
     pub retry_backoff: Duration,
+    /// `VODFLEET_DESTINATION_TAKEOVER_MS`: after a failover, how long a refused
+    /// publish is asked again while the server may still hold the name for the
+    /// previous run (until it drops the idle publisher).
+    pub destination_takeover: Duration,
     /// `VODFLEET_DESTINATION_QUEUE`: packets a destination may fall behind before it skips to the next keyframe.
     pub destination_queue: usize,
     /// `VODFLEET_INITIAL_BURST_MS`: media sent ahead of real time at start so players begin at once.
@@ -57,6 +61,7 @@ impl Config {
             destination_timeout: ms("VODFLEET_DESTINATION_TIMEOUT_MS", 10_000)?,
             destination_attempts: num(&get, "VODFLEET_DESTINATION_ATTEMPTS", 3)?.max(1) as u32,
             retry_backoff: ms("VODFLEET_RETRY_BACKOFF_MS", 1_000)?,
+            destination_takeover: ms("VODFLEET_DESTINATION_TAKEOVER_MS", 30_000)?,
             destination_queue: num(&get, "VODFLEET_DESTINATION_QUEUE", 512)?.max(16) as usize,
             initial_burst: ms("VODFLEET_INITIAL_BURST_MS", 1_000)?,
             engine_threads: num(

@@ -9,6 +9,13 @@
 //! publish the server refuses (bad name, already publishing, denied) is not
 //! retried; after the configured number of failed attempts it gives up,
 //! reports `failed`, and the task goes on for the rest.
+//!
+//! **Taking over.** A run that takes a stream over after a failover may find the
+//! name still held by its predecessor: a worker frozen or cut off keeps its TCP
+//! connection open, and the server refuses a second publisher until it drops
+//! the idle one. Such a run reports the refusal (`reconnecting`, kind `refused`)
+//! and tries again every [`TAKEOVER_RETRY`] for `VODFLEET_DESTINATION_TAKEOVER_MS`
+//! before it gives up (docs/design/fleet.md, "Failover").
 
 use crate::config::Config;
 use crate::event::{DestinationStatus, Event, Events};
@@ -32,6 +39,9 @@ use vodfleet_rtmp::{ErrorKind, RtmpError};
 /// Frames a wake-up takes from the queue at most (one vectored write).
 const BATCH: usize = 64;
 
+/// How often a run taking a stream over asks again while the name is held.
+pub const TAKEOVER_RETRY: Duration = Duration::from_millis(250);
+
 /// The fan-out's side of a destination.
 pub struct Destination {
     tx: Option<mpsc::Sender<Frame>>,
@@ -50,6 +60,9 @@ pub struct Setup {
     /// The sequence headers in force when the output opened.
     pub headers: [Option<Arc<Header>>; 2],
     pub publish: PublishOptions,
+    /// This run takes the stream over after a failover: a refused publish is
+    /// asked again for this long (see the module note).
+    pub takeover: Option<Duration>,
 }
 
 impl Destination {
@@ -67,6 +80,7 @@ impl Destination {
         let stop = CancellationToken::new();
         let video = setup.tracks.video;
         let sender = Sender {
+            takeover_until: setup.takeover.map(|w| Instant::now() + w),
             index,
             url: url.to_owned(),
             shown: redact::destination(url),
@@ -158,6 +172,8 @@ struct Sender {
     timeout: Duration,
     attempts: u32,
     backoff: Duration,
+    /// Until when a refused publish is asked again (a takeover; see the module note).
+    takeover_until: Option<Instant>,
     status: Arc<DestinationStatus>,
     stop: CancellationToken,
     events: Events,
@@ -190,9 +206,11 @@ impl Sender {
                 r = Publisher::connect(&target, &self.setup.publish) => Some(r),
                 _ = self.stop.cancelled() => None,
             };
+            let mut delay = None;
             match connect {
                 None => return self.report(DestinationState::Stopped, 0, None),
                 Some(Ok(publisher)) => {
+                    self.takeover_until = None;
                     self.report(DestinationState::Live, 1, None);
                     match self.stream(publisher, &mut rx).await {
                         Session::Done => return self.report(DestinationState::Stopped, 0, None),
@@ -202,6 +220,15 @@ impl Sender {
                             last_error = Some(e);
                         }
                     }
+                }
+                Some(Err(e))
+                    if e.kind() == ErrorKind::Refused
+                        && self.takeover_until.is_some_and(|u| Instant::now() < u) =>
+                {
+                    tracing::info!(destination = %self.shown, error = %e, "publish refused while taking the stream over (the previous publisher may still hold the name); asking again");
+                    failures = failures.max(1);
+                    last_error = Some(e);
+                    delay = Some(TAKEOVER_RETRY);
                 }
                 Some(Err(e)) if !e.kind().is_retryable() => {
                     // The server said no (or the URL or TLS setup is unusable):
@@ -218,7 +245,8 @@ impl Sender {
             }
             // Back off, discarding what arrives meanwhile (keeping the newest
             // configuration): the next session starts at a keyframe.
-            let until = Instant::now() + self.backoff * 2u32.saturating_pow(failures - 1);
+            let until =
+                Instant::now() + delay.unwrap_or(self.backoff * 2u32.saturating_pow(failures - 1));
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(until) => break,

@@ -60,11 +60,16 @@ impl Output {
     }
 
     /// What a destination needs to (re)start a session now.
-    pub fn destination_setup(&self, publish: vodfleet_rtmp::publish::PublishOptions) -> Arc<Setup> {
+    pub fn destination_setup(
+        &self,
+        publish: vodfleet_rtmp::publish::PublishOptions,
+        takeover: Option<std::time::Duration>,
+    ) -> Arc<Setup> {
         Arc::new(Setup {
             tracks: self.tracks.clone(),
             headers: self.config.clone(),
             publish,
+            takeover,
         })
     }
 

@@ -96,6 +96,9 @@ pub struct Task {
     resume_offset_ms: Option<u64>,
     /// Seek the resume offset to the nearest keyframe (an estimated position).
     resume_nearest: bool,
+    /// This run takes the stream over after a failover: its predecessor may
+    /// still hold the destinations' names for a while.
+    takeover: bool,
     /// Destinations asked to stop (by index into `spec.forwards`).
     stop_requested: Vec<bool>,
     /// A playlist waiting for its turn ([`Control::Update`]).
@@ -155,6 +158,7 @@ impl Task {
             resume: None,
             resume_offset_ms: None,
             resume_nearest: false,
+            takeover: false,
             update: None,
             end_at,
             last_wake: Instant::now(),
@@ -165,6 +169,7 @@ impl Task {
     /// nearest to it rather than the one before, which halves the worst error.
     pub fn resume_estimated(mut self, estimated: bool) -> Task {
         self.resume_nearest = estimated;
+        self.takeover = estimated;
         self
     }
 

@@ -267,7 +267,8 @@ impl Task {
             self.cfg.initial_burst,
         )
         .map_err(media_fail(Fault::Unsupported))?;
-        let setup = o.destination_setup(self.publish.clone());
+        let takeover = self.takeover.then_some(self.cfg.destination_takeover);
+        let setup = o.destination_setup(self.publish.clone(), takeover);
         o.dests = self
             .spec
             .forwards

@@ -31,9 +31,13 @@ pub const EVENTS: &str = EVENTS_QUEUE;
 /// Keeps a link up until the fleet shuts down.
 pub async fn run(fleet: Arc<Fleet>) {
     let name = format!("vodfleet-worker {}", fleet.cfg.worker_id);
+    // An AMQP heartbeat well inside the lease: if this process freezes, RabbitMQ
+    // drops its connection and hands any order pushed to it to another worker
+    // before the coordinator re-issues our tasks (docs/design/fleet.md, "Failover").
+    let beat = (fleet.cfg.lease_ttl.as_secs() / 4).clamp(1, 15) as u16;
+    let url = vodfleet_bus::with_heartbeat(&fleet.cfg.amqp_url, beat);
     loop {
-        let bus = match Bus::connect_with_retry(&fleet.cfg.amqp_url, &name, &fleet.disconnect).await
-        {
+        let bus = match Bus::connect_with_retry(&url, &name, &fleet.disconnect).await {
             Ok(b) => Arc::new(b),
             Err(_) => return, // shutting down
         };
