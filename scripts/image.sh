@@ -258,9 +258,9 @@ fi
 # It does not run as root, and every library resolves inside it.
 check=$(podman run --rm --network none "$tag" sh -c 'id -u; ldd /usr/local/bin/* | grep "not found" || true')
 uid=$(head -n1 <<<"$check")
-missing=$(tail -n +2 <<<"$check")
-[[ -z $missing ]] || vf_die "libraries missing in the image:
-$missing"
+unresolved=$(tail -n +2 <<<"$check")
+[[ -z $unresolved ]] || vf_die "libraries missing in the image:
+$unresolved"
 [[ $uid =~ ^[0-9]+$ && $uid != 0 ]] || vf_die "the image runs as uid '$uid', not as a non-root user"
 size=$(podman image inspect --format '{{.Size}}' "$tag")
 vf_log "$tag: $((size / 1000000)) MB, runs as uid $uid; base ${base_secs} s, podman build ${build_secs} s, total $((SECONDS - started)) s"

@@ -33,6 +33,7 @@ else
 fi
 
 # Debian packages the image build needs on the build machine.
+# shellcheck disable=SC2034 # used by scripts/image.sh
 VF_IMAGE_PACKAGES=(podman buildah runc uidmap debootstrap containernetworking-plugins binutils)
 
 # vf_image_limit FLAG MAX: this shell's hard limit `ulimit -H FLAG`, at most MAX.
