@@ -63,11 +63,7 @@ impl Leases {
     /// when less than a heartbeat of it is left (the task would only fence
     /// itself; the coordinator offers the order again when the lease runs out).
     pub fn take(&mut self, task: &str, epoch: u64, age: Duration, now: Instant) -> bool {
-        let Some(left) = self
-            .valid_for
-            .checked_sub(age)
-            .filter(|d| *d > self.start_within)
-        else {
+        let Some(left) = self.left(age) else {
             return false;
         };
         self.tasks.insert(
@@ -78,6 +74,18 @@ impl Leases {
             },
         );
         true
+    }
+
+    /// Whether an order issued `age` ago may still start ([`Leases::take`]'s rule).
+    pub fn startable(&self, age: Duration) -> bool {
+        self.left(age).is_some()
+    }
+
+    /// What is left of a lease issued `age` ago, if more than a heartbeat.
+    fn left(&self, age: Duration) -> Option<Duration> {
+        self.valid_for
+            .checked_sub(age)
+            .filter(|d| *d > self.start_within)
     }
 
     /// Heartbeat `seq` was sent at `at`.

@@ -171,7 +171,10 @@ async fn intake(fleet: &Arc<Fleet>, ch: &Channel) -> Result<(), Lost> {
                 hand_back(fleet, ch, &tag, delivery).await?;
                 break;
             }
-            if order.is_ok() {
+            // Only orders that can still start wait for a start token: an order
+            // too old to start is dropped at once (the coordinator offers it
+            // again), or a backlog of them would use up the start rate.
+            if order.as_ref().is_ok_and(|o| fleet.startable(o)) {
                 pace.take().await;
             }
             let full = order.is_ok() && fleet.free_slots() <= 1;

@@ -259,6 +259,12 @@ impl Fleet {
     }
 
     /// Starts the task of a work order (its delivery is already acked).
+    /// Whether `order` is still young enough to start ([`Leases::startable`]).
+    fn startable(&self, order: &WorkOrder) -> bool {
+        let age = Duration::from_millis(unix_ms().saturating_sub(order.issued_ms));
+        self.leases().startable(age)
+    }
+
     fn take(self: &Arc<Self>, order: WorkOrder) {
         let WorkOrder {
             task_id,
