@@ -91,19 +91,17 @@ if ((cargo_build)); then
     cargo build "${flags[@]}"
     vf_log "binaries built in $((SECONDS - t)) s"
 fi
-target_dir=${CARGO_TARGET_DIR:-target}
-[[ $target_dir == "$VF_ROOT/target" || $target_dir == target ]] ||
-    vf_die "CARGO_TARGET_DIR=$target_dir: the Containerfile copies from target/ in the repository"
+out=${CARGO_TARGET_DIR:-target}/$profile
 # The build context: a directory holding only bin/ with copies of the
 # binaries without their debug sections (symbols stay). A fraction of the size
 # (vfs copies every layer whole), and buildah need not walk the repository's
 # target/ past .containerignore (that alone took ~40 s here).
-context=target/image/$profile
+context=${CARGO_TARGET_DIR:-target}/image/$profile
 mkdir -p "$context/bin"
 for b in "${bins[@]}"; do
-    [[ -x target/$profile/$b ]] || vf_die "target/$profile/$b missing: build it (without --no-cargo this script does)"
-    if [[ ! $context/bin/$b -nt target/$profile/$b ]]; then
-        objcopy --strip-debug "target/$profile/$b" "$context/bin/$b.part"
+    [[ -x $out/$b ]] || vf_die "$out/$b missing: build it (without --no-cargo this script does)"
+    if [[ ! $context/bin/$b -nt $out/$b ]]; then
+        objcopy --strip-debug "$out/$b" "$context/bin/$b.part"
         mv "$context/bin/$b.part" "$context/bin/$b"
     fi
 done
