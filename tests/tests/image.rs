@@ -27,7 +27,7 @@ use vodfleet_tests::{poll, unique, wait_until, Fleet, HttpServer, Recording, Wor
 
 /// The image the tests build and run (in the project's own podman store).
 const TAG: &str = "localhost/vodfleet:test";
-/// A cold build (debootstrap, the Debian packages layer) takes ~6 min here;
+/// A cold build (debootstrap, the Debian packages layer) takes ~4 min here;
 /// a cached one well under a minute.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// Container start (vfs copies the image's tree) plus the binary's own start.
