@@ -213,6 +213,7 @@ fn a_start_published_again_after_a_hand_off_changes_nothing() {
         .rtmp
         .wait_publishing(task.key(), Duration::from_secs(15));
     let owner = fleet.owner_of(&task.id, Duration::from_secs(10));
+    let first = publishers(&fleet.rtmp, task.key());
     let epoch = |fleet: &Fleet| {
         fleet
             .redis
@@ -227,6 +228,12 @@ fn a_start_published_again_after_a_hand_off_changes_nothing() {
         (w != owner && epoch(&fleet) == 2).then_some(w)
     })
     .unwrap_or_else(|| panic!("no hand-off to another worker\n{}", fleet.reports()));
+    // The new run is on the server (a publisher other than the first).
+    let before = poll(Duration::from_secs(15), || {
+        let now = publishers(&fleet.rtmp, task.key());
+        (!now.is_empty() && now != first).then_some(now)
+    })
+    .unwrap_or_else(|| panic!("the new run never published\n{}", fleet.reports()));
     let accepted = |fleet: &Fleet, outcome: &str| {
         fleet
             .coordinators
@@ -255,7 +262,6 @@ fn a_start_published_again_after_a_hand_off_changes_nothing() {
     assert_eq!(accepted(&fleet, "accepted"), 1.0, "applied once");
     // Nothing restarts: over a 2 s observation window the epoch and the publisher
     // stay as the hand-off left them (a restart shows within a second).
-    let before = publishers(&fleet.rtmp, task.key());
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(epoch(&fleet), 2, "{}", fleet.reports());
     assert_eq!(publishers(&fleet.rtmp, task.key()), before);
