@@ -127,6 +127,8 @@ impl Fleet {
                 tasks,
             };
             let verdict = judge.judge(&load);
+            self.ceiling
+                .store(judge.ceiling().unwrap_or(usize::MAX), Ordering::Relaxed);
             let full = verdict != Verdict::Take;
             let m = metrics::get();
             m.accepting.set(i64::from(!full));
@@ -135,6 +137,7 @@ impl Fleet {
                 tracing::info!(
                     ?load,
                     ?verdict,
+                    ceiling = ?judge.ceiling(),
                     "{}",
                     if full {
                         "at capacity: taking no more work"
@@ -146,16 +149,17 @@ impl Fleet {
                     self.changed.notify_waiters();
                 }
             }
-            if verdict == Verdict::Shed {
+            if let Verdict::Shed(n) = verdict {
                 let mut tasks = self.tasks();
-                let newest = capacity::shed_choice(
-                    tasks
-                        .iter()
-                        .filter(|(_, r)| r.stopping.is_none())
-                        .map(|(k, r)| (k.clone(), k.1, r.started)),
-                );
-                if let Some(key) = newest {
-                    tracing::warn!(task.id = %key.0, epoch = key.1, ?load, "overloaded: releasing the newest task moved the fewest times, with its position, for a worker with room");
+                for _ in 0..n {
+                    let newest = capacity::shed_choice(
+                        tasks
+                            .iter()
+                            .filter(|(_, r)| r.stopping.is_none())
+                            .map(|(k, r)| (k.clone(), k.1, r.started)),
+                    );
+                    let Some(key) = newest else { break };
+                    tracing::warn!(task.id = %key.0, epoch = key.1, ?load, ceiling = ?judge.ceiling(), "overloaded: releasing the newest task moved the fewest times, with its position, for a worker with room");
                     m.shed.inc();
                     self.stop_locked(&mut tasks, &key, StopReason::Shed);
                 }

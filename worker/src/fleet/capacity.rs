@@ -10,11 +10,19 @@
 //! - **Take**: room to spare; work orders are consumed while slots are free.
 //! - **Full**: near the limit; no new orders (the consumer is cancelled), the
 //!   streams already here go on.
-//! - **Shed**: overloaded for several samples in a row; the newest task is
-//!   released with its exact position, so the coordinator re-issues it to a
-//!   worker with room, instead of every lease here lapsing at once (a fence storm).
-//!   [`shed_choice`] picks it among the tasks moved the fewest times, so a task
-//!   already shed once is not moved again while others never were.
+//! - **Shed(n)**: overloaded for several samples in a row; the `n` newest
+//!   tasks are released with their exact position, so the coordinator re-issues
+//!   them to a worker with room, instead of every lease here lapsing at once (a
+//!   fence storm). [`shed_choice`] picks each among the tasks moved the fewest
+//!   times, so a task already shed once is not moved again while others never were.
+//!
+//! The judge also learns a **ceiling**: the stream count at which this worker
+//! was last overloaded (lowered by every shed), raised by 2 % after each 5 calm
+//! seconds spent at it. Without it a worker that shed a task saw one good
+//! sample, took 80 new orders in the next seconds and was overloaded again: it
+//! oscillated around its edge with its streams lagging (measured: 1469 of 3000
+//! offered lagging, 2026-12-06, docs/BENCHMARKS.md). This is additive increase,
+//! multiplicative-ish decrease, as TCP finds a path's capacity.
 
 use std::time::Instant;
 
@@ -35,10 +43,10 @@ pub fn shed_choice<K, T: Ord + Copy>(tasks: impl IntoIterator<Item = (K, u64, T)
 pub struct Load {
     /// CPU used by this process over the sample, as a share of the cores it may use (0..=1).
     pub cpu: f64,
-    /// Share of the whole machine's CPU time that was idle (0..=1). Logged,
-    /// not judged: on a shared machine (a Kubernetes node, a CI box) others'
-    /// load is not this worker's; its own shards' lateness and its streams'
-    /// lag say when the machine cannot carry its streams.
+    /// Share of the whole machine's CPU time that was idle (0..=1). A machine
+    /// with almost nothing idle stops the intake (whoever loads it, streams
+    /// taken now would lag), but never causes a shed: others' load on a shared
+    /// node is not this worker's to cure.
     pub idle: f64,
     /// Worst lateness of an engine event-loop wake-up in the sample, ms.
     pub loop_delay_ms: u64,
@@ -52,74 +60,121 @@ pub struct Load {
 pub enum Verdict {
     Take,
     Full,
-    Shed,
+    /// Release this many tasks (at least one).
+    Shed(usize),
 }
 
 /// Thresholds, with defaults chosen for a 2 s heartbeat and a 1 s initial burst.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Stop taking orders at this CPU share of the process's cores.
+    /// Stop taking orders at this CPU share of the process's cores …
     pub cpu_full: f64,
+    /// … or when less than this share of the machine is idle …
+    pub idle_full: f64,
     /// … or when event loops wake this late (ms).
     pub delay_full_ms: u64,
     /// … or when a stream lags this far (ms).
     pub lag_full_ms: u64,
-    /// Overloaded: event loops this late (ms) …
+    /// Overloaded: event loops this late (ms) … (streams run a second ahead
+    /// of real time, so a late wake-up harms no viewer until it nears that;
+    /// start-up bursts make wake-ups a few hundred ms late for a while, and
+    /// shedding on those learnt a ceiling half the box's real one)
     pub delay_shed_ms: u64,
     /// … or a stream this far behind (ms) …
     pub lag_shed_ms: u64,
     /// … for this many samples in a row.
     pub shed_after: u32,
+    /// Tasks released per overloaded sample: this share of the streams (at least one).
+    pub shed_share: f64,
+    /// Calm samples in a row at the ceiling before it is raised.
+    pub grow_after: u32,
+    /// How much the ceiling is raised then: this share of it (at least one stream).
+    pub grow_share: f64,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
             cpu_full: 0.85,
+            idle_full: 0.05,
             delay_full_ms: 50,
             lag_full_ms: 500,
-            delay_shed_ms: 250,
+            delay_shed_ms: 1_000,
             lag_shed_ms: 1_000,
             shed_after: 3,
+            shed_share: 0.005,
+            grow_after: 5,
+            grow_share: 0.02,
         }
     }
 }
 
-/// The verdict over time (the state is how many overloaded samples ran in a row).
+/// The verdict over time.
 #[derive(Debug, Default)]
 pub struct Capacity {
+    /// Thresholds.
     limits: Limits,
+    /// Overloaded samples in a row.
     overloaded: u32,
+    /// Streams this worker has found it can carry: `None` until it is first
+    /// overloaded, then where that happened, lowered by every shed and raised
+    /// slowly while it runs calm at it.
+    ceiling: Option<usize>,
+    /// Calm samples in a row at the ceiling.
+    calm: u32,
 }
 
 impl Capacity {
     pub fn new(limits: Limits) -> Capacity {
         Capacity {
             limits,
-            overloaded: 0,
+            ..Capacity::default()
         }
     }
 
+    /// The ceiling learnt so far (for the log and the tests).
+    pub fn ceiling(&self) -> Option<usize> {
+        self.ceiling
+    }
+
     pub fn judge(&mut self, l: &Load) -> Verdict {
-        let lim = &self.limits;
+        let lim = self.limits;
         let over = l.tasks > 0
             && (l.loop_delay_ms >= lim.delay_shed_ms || l.max_lag_ms >= lim.lag_shed_ms);
         self.overloaded = if over { self.overloaded + 1 } else { 0 };
+        if over {
+            // Whatever runs here now is at least as much as it can carry.
+            self.ceiling = Some(self.ceiling.map_or(l.tasks, |c| c.min(l.tasks)));
+        }
         if self.overloaded >= lim.shed_after {
-            // One release per sample at most: the load it frees shows in the next one.
-            return Verdict::Shed;
+            // A small share per sample: what it frees shows in the next one.
+            let n = ((l.tasks as f64 * lim.shed_share) as usize).clamp(1, l.tasks);
+            self.ceiling = Some(l.tasks - n);
+            self.calm = 0;
+            return Verdict::Shed(n);
         }
         // A worker with no streams is never full: whatever loads the machine,
         // it is not its own work, and taking some is better than none.
-        let full = l.tasks > 0
+        let busy = l.tasks > 0
             && (l.cpu >= lim.cpu_full
+                || l.idle < lim.idle_full
                 || l.loop_delay_ms >= lim.delay_full_ms
                 || l.max_lag_ms >= lim.lag_full_ms
                 || over);
-        if full {
-            Verdict::Full
-        } else {
-            Verdict::Take
+        if busy {
+            self.calm = 0;
+            return Verdict::Full;
+        }
+        match self.ceiling {
+            Some(c) if l.tasks >= c => {
+                self.calm += 1;
+                if self.calm >= lim.grow_after {
+                    self.calm = 0;
+                    self.ceiling = Some(c + ((c as f64 * lim.grow_share) as usize).max(1));
+                }
+                Verdict::Full
+            }
+            _ => Verdict::Take,
         }
     }
 }
@@ -261,29 +316,33 @@ mod tests {
         let table: &[(&[Load], &[Verdict])] = &[
             (&[load(0.3, 0.6, 2, 0)], &[Take]),
             (&[load(0.9, 0.5, 2, 0)], &[Full]),
-            // A busy machine alone is not this worker's load.
-            (&[load(0.5, 0.01, 2, 0)], &[Take]),
+            // A machine with nothing idle: no more work, but no shed either.
+            (&[load(0.5, 0.01, 2, 0); 4], &[Full, Full, Full, Full]),
             (&[load(0.5, 0.5, 80, 0)], &[Full]),
             (&[load(0.5, 0.5, 2, 700)], &[Full]),
+            // Late wake-ups of a few hundred ms (start-up bursts) stop the
+            // intake but shed nothing: the streams are still ahead of real time.
+            (&[load(0.5, 0.5, 400, 300); 4], &[Full, Full, Full, Full]),
             // Overloaded three samples in a row: shed, one task per sample.
             (
                 &[
-                    load(1.0, 0.0, 400, 0),
-                    load(1.0, 0.0, 400, 0),
+                    load(1.0, 0.0, 1200, 0),
+                    load(1.0, 0.0, 1200, 0),
                     load(1.0, 0.0, 300, 1500),
-                    load(1.0, 0.0, 300, 0),
+                    load(1.0, 0.0, 1100, 0),
                 ],
-                &[Full, Full, Shed, Shed],
+                &[Full, Full, Shed(1), Shed(1)],
             ),
             // A good sample in between resets the count.
             (
                 &[
-                    load(1.0, 0.0, 400, 0),
-                    load(1.0, 0.0, 400, 0),
+                    load(1.0, 0.0, 1200, 0),
+                    load(1.0, 0.0, 1200, 0),
                     load(0.5, 0.5, 2, 0),
-                    load(1.0, 0.0, 400, 0),
+                    load(1.0, 0.0, 1200, 0),
                 ],
-                &[Full, Full, Take, Full],
+                // … but the good sample finds the worker at its ceiling (10 tasks).
+                &[Full, Full, Full, Full],
             ),
         ];
         for (samples, want) in table {
@@ -291,6 +350,55 @@ mod tests {
             let got: Vec<Verdict> = samples.iter().map(|l| c.judge(l)).collect();
             assert_eq!(&got, want, "{samples:?}");
         }
+    }
+
+    #[test]
+    fn the_ceiling_is_learnt_where_overload_began_and_raised_slowly() {
+        let mut c = Capacity::new(Limits::default());
+        let at = |tasks: usize, delay: u64| Load {
+            cpu: 0.5,
+            idle: 0.5,
+            loop_delay_ms: delay,
+            max_lag_ms: 0,
+            tasks,
+        };
+        assert_eq!(c.judge(&at(100, 2)), Verdict::Take);
+        assert_eq!(c.ceiling(), None, "no ceiling before any overload");
+        // Overloaded at 120 (the third sample sheds 0.5 %, at least one).
+        assert_eq!(c.judge(&at(120, 1100)), Verdict::Full);
+        assert_eq!(c.ceiling(), Some(120));
+        assert_eq!(c.judge(&at(120, 1100)), Verdict::Full);
+        assert_eq!(c.judge(&at(120, 1100)), Verdict::Shed(1));
+        assert_eq!(c.ceiling(), Some(119));
+        // Calm again: below the ceiling it takes, at it it does not …
+        assert_eq!(c.judge(&at(110, 2)), Verdict::Take);
+        for _ in 0..4 {
+            assert_eq!(c.judge(&at(119, 2)), Verdict::Full);
+        }
+        assert_eq!(c.ceiling(), Some(119));
+        // … until five calm samples there raise it by 2 %.
+        assert_eq!(c.judge(&at(119, 2)), Verdict::Full);
+        assert_eq!(c.ceiling(), Some(121));
+        assert_eq!(c.judge(&at(119, 2)), Verdict::Take);
+        // A busy sample (not overloaded) resets the calm count, not the ceiling.
+        assert_eq!(c.judge(&at(121, 80)), Verdict::Full);
+        assert_eq!(c.ceiling(), Some(121));
+    }
+
+    #[test]
+    fn a_large_overloaded_worker_sheds_a_share_per_sample() {
+        let mut c = Capacity::new(Limits::default());
+        let over = Load {
+            cpu: 0.7,
+            idle: 0.0,
+            loop_delay_ms: 20,
+            max_lag_ms: 1500,
+            tasks: 1600,
+        };
+        let got: Vec<Verdict> = (0..4).map(|_| c.judge(&over)).collect();
+        use Verdict::*;
+        assert_eq!(got, [Full, Full, Shed(8), Shed(8)]);
+        assert_eq!(c.ceiling(), Some(1592));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use lease::Leases;
 use link::Outbox;
 use std::collections::HashMap;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
@@ -161,6 +161,9 @@ pub(crate) struct Fleet {
     /// The load says: take no more work ([`capacity`]). The intake hands back
     /// the next order it receives and stops consuming.
     full: AtomicBool,
+    /// The stream count the load judge has learnt this worker can carry
+    /// (`usize::MAX` until it was first overloaded; [`capacity`]).
+    ceiling: AtomicUsize,
     draining: CancellationToken,
     /// Ends the loops (heartbeat, fence, outbox, HTTP) and the tasks' downloads.
     shutdown: CancellationToken,
@@ -184,6 +187,7 @@ impl Fleet {
             beat_seq: AtomicU64::new(0),
             consuming: AtomicBool::new(false),
             full: AtomicBool::new(false),
+            ceiling: AtomicUsize::new(usize::MAX),
             draining: CancellationToken::new(),
             shutdown: CancellationToken::new(),
             disconnect: CancellationToken::new(),
@@ -219,10 +223,17 @@ impl Fleet {
 
     /// Slots for new work: none while the load says the worker is full.
     fn free_slots(&self) -> usize {
+        self.free_of(self.tasks().len())
+    }
+
+    /// Slots for new work with `running` tasks here: up to the slot count and
+    /// the learnt ceiling, none while the load says the worker is full.
+    fn free_of(&self, running: usize) -> usize {
         if self.full.load(Ordering::Relaxed) {
             return 0;
         }
-        self.cfg.slots.saturating_sub(self.tasks().len())
+        let limit = self.cfg.slots.min(self.ceiling.load(Ordering::Relaxed));
+        limit.saturating_sub(running)
     }
 
     fn connected(&self) -> Option<Arc<Bus>> {
@@ -242,12 +253,7 @@ impl Fleet {
         vodfleet_engine::metrics::get()
             .streams_active
             .set(tasks.len() as i64);
-        let free = if self.full.load(Ordering::Relaxed) {
-            0
-        } else {
-            self.cfg.slots.saturating_sub(tasks.len())
-        };
-        m.free_slots.set(free as i64);
+        m.free_slots.set(self.free_of(tasks.len()) as i64);
         let lag = tasks
             .values()
             .map(|r| r.status.lag_ms.load(Ordering::Relaxed))
@@ -258,13 +264,13 @@ impl Fleet {
             .set(lag as f64 / 1000.0);
     }
 
-    /// Starts the task of a work order (its delivery is already acked).
     /// Whether `order` is still young enough to start ([`Leases::startable`]).
     fn startable(&self, order: &WorkOrder) -> bool {
         let age = Duration::from_millis(unix_ms().saturating_sub(order.issued_ms));
         self.leases().startable(age)
     }
 
+    /// Starts the task of a work order (its delivery is already acked).
     fn take(self: &Arc<Self>, order: WorkOrder) {
         let WorkOrder {
             task_id,
@@ -294,7 +300,9 @@ impl Fleet {
         if !self.leases().take(&task_id, epoch, age, Instant::now()) {
             let age_ms = age.as_millis() as u64;
             if age >= self.cfg.lease_ttl {
-                tracing::warn!(task.id = %task_id, epoch, age_ms, "work order older than the lease; not starting it (is the clock of this host right?)");
+                // Usual when every worker was full (the order waited in the queue;
+                // the coordinator offers it again); with every order, a clock off.
+                tracing::info!(task.id = %task_id, epoch, age_ms, "work order older than its lease (it waited in the queue, or this host's clock is off); not starting it, it is offered again");
             } else {
                 tracing::info!(task.id = %task_id, epoch, age_ms, "work order too close to its lease's end; leaving it to be offered again");
             }
