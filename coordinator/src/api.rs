@@ -41,7 +41,7 @@ fn seed_error(code: u16, msg: &str) -> Response {
 /// Why a request is not let in: (HTTP code, message).
 type Refusal = (u16, String);
 
-/// Checks the request's signature.
+/// Checks the request's signature (`sign::check`), then that it was not seen before.
 async fn check_signature(
     ctx: &Ctx,
     method: &Method,
@@ -52,46 +52,36 @@ async fn check_signature(
     if ctx.cfg.auth_disabled {
         return Ok(());
     }
-    let h = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let forbid = |why: &str| Err((403, format!("forbidden: {why}")));
-    let (Some(key_id), Some(ts), Some(nonce), Some(sig)) = (
+    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let presented = match (
         h(sign::KEY_ID_HEADER),
         h(sign::TIMESTAMP_HEADER),
         h(sign::NONCE_HEADER),
         h(sign::SIGNATURE_HEADER),
-    ) else {
-        return forbid("the request is not signed (x-vodfleet-key-id, x-vodfleet-timestamp, x-vodfleet-nonce, x-vodfleet-signature)");
+    ) {
+        (Some(key_id), Some(timestamp), Some(nonce), Some(signature)) => Some(sign::Presented {
+            key_id,
+            timestamp,
+            nonce,
+            signature,
+        }),
+        _ => None,
     };
-    let Ok(ts) = ts.parse::<u64>() else {
-        return forbid("x-vodfleet-timestamp is not Unix seconds");
-    };
-    let now = now_ms() / 1000;
-    if now.abs_diff(ts) > sign::MAX_SKEW_SECS {
-        return forbid("the timestamp is more than 300 s from the server's clock");
-    }
-    let Some((_, secret)) = ctx.cfg.api_keys.iter().find(|(id, _)| *id == key_id) else {
-        return forbid("unknown key id");
-    };
+    let forbid = |why: sign::Refusal| (403, format!("forbidden: {why}"));
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-    let req = sign::Signed {
-        method: method.as_str(),
+    let replay_key = sign::check(
+        &ctx.cfg.api_keys,
+        now_ms() / 1000,
+        method.as_str(),
         path,
-        timestamp: ts,
-        nonce: &nonce,
+        presented,
         body,
-    };
-    if !sign::verify(secret, &req, &sig) {
-        return forbid("bad signature");
-    }
+    )
+    .map_err(forbid)?;
     // A signature is good once: remembered (in Redis, shared by every replica) for the skew window.
     let mut c = ctx.store.conn();
     let fresh: Option<String> = redis::cmd("SET")
-        .arg(format!("vodfleet:replay:{sig}"))
+        .arg(format!("vodfleet:replay:{replay_key}"))
         .arg(1)
         .arg("NX")
         .arg("EX")
@@ -100,7 +90,7 @@ async fn check_signature(
         .await
         .map_err(|_| (503, "cannot check for replays right now".to_owned()))?;
     if fresh.is_none() {
-        return forbid("this signed request was already used (replay)");
+        return Err(forbid(sign::Refusal::Replay));
     }
     Ok(())
 }

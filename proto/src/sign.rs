@@ -67,6 +67,80 @@ pub fn verify(secret: &[u8], r: &Signed, given: &str) -> bool {
     mac(secret, r).verify_slice(&raw).is_ok()
 }
 
+/// The four signature headers of a request, as received.
+#[derive(Debug, Clone, Copy)]
+pub struct Presented<'a> {
+    pub key_id: &'a str,
+    /// Unix seconds, as text.
+    pub timestamp: &'a str,
+    pub nonce: &'a str,
+    /// `v1=<hex>`.
+    pub signature: &'a str,
+}
+
+/// Why a request is not let in (every refusal is a 403 on the API).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the request is not signed (x-vodfleet-key-id, x-vodfleet-timestamp, x-vodfleet-nonce, x-vodfleet-signature)")]
+    Unsigned,
+    #[error("x-vodfleet-timestamp is not Unix seconds")]
+    BadTimestamp,
+    #[error("the timestamp is more than {MAX_SKEW_SECS} s from the server's clock")]
+    Stale,
+    #[error("unknown key id")]
+    UnknownKey,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("this signed request was already used (replay)")]
+    Replay,
+}
+
+/// Checks a request's signature headers against `keys` (`id` → secret) and
+/// `now_secs`: a known key, a timestamp within ±[`MAX_SKEW_SECS`], a valid MAC
+/// over method, path, timestamp, nonce and body. Replays are the caller's part:
+/// the `Ok` value is the request's replay key, to be remembered for
+/// 2 × [`MAX_SKEW_SECS`] and refused when seen again. It is the key id and the
+/// MAC's bytes in lower-case hex, so one signed request has one replay key
+/// however its signature is spelled (`v1=AB…` and `v1=ab…` are the same MAC).
+pub fn check(
+    keys: &[(String, Vec<u8>)],
+    now_secs: u64,
+    method: &str,
+    path: &str,
+    headers: Option<Presented>,
+    body: &[u8],
+) -> Result<String, Refusal> {
+    let h = headers.ok_or(Refusal::Unsigned)?;
+    // Digits only: `u64::from_str` would also take a leading `+`.
+    if h.timestamp.is_empty() || !h.timestamp.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Refusal::BadTimestamp);
+    }
+    let timestamp: u64 = h.timestamp.parse().map_err(|_| Refusal::BadTimestamp)?;
+    if now_secs.abs_diff(timestamp) > MAX_SKEW_SECS {
+        return Err(Refusal::Stale);
+    }
+    let (_, secret) = keys
+        .iter()
+        .find(|(id, _)| id == h.key_id)
+        .ok_or(Refusal::UnknownKey)?;
+    let r = Signed {
+        method,
+        path,
+        timestamp,
+        nonce: h.nonce,
+        body,
+    };
+    if !verify(secret, &r, h.signature) {
+        return Err(Refusal::BadSignature);
+    }
+    let raw = h
+        .signature
+        .strip_prefix("v1=")
+        .and_then(|x| hex::decode(x).ok())
+        .ok_or(Refusal::BadSignature)?;
+    Ok(format!("{}:{}", h.key_id, hex::encode(raw)))
+}
+
 /// A fresh nonce: time and a process-wide counter, hashed (unique enough per signer).
 pub fn nonce() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};

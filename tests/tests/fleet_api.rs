@@ -1,5 +1,7 @@
 //! The coordinator's HTTP API (docs/contract.md#http-api): the seed's drop-in path with HMAC
-//! request signatures (refused unsigned, badly signed, stale or replayed), the
+//! request signatures (refused unsigned, badly signed, stale, from the future,
+//! signed for another path, query or method, or replayed however the signature
+//! is spelled; issue 9 row 10, with the property test in proto/tests/sign_props.rs), the
 //! task listings, and stream keys never shown in them.
 
 use serde_json::Value;
@@ -60,6 +62,35 @@ fn signed_requests_get_in_once_and_listings_never_show_stream_keys() {
             "signature of another body",
             signed_headers(API_KEY.0, API_KEY.1, "POST", SEED_PATH, b"{}"),
         ),
+        (
+            "future timestamp",
+            signed_headers_at(
+                API_KEY.0,
+                API_KEY.1,
+                "POST",
+                SEED_PATH,
+                now_ms() / 1000 + 400,
+                &body,
+            ),
+        ),
+        (
+            "signature for another path",
+            signed_headers(API_KEY.0, API_KEY.1, "POST", "/v1/commands", &body),
+        ),
+        (
+            "signature for another query",
+            signed_headers(
+                API_KEY.0,
+                API_KEY.1,
+                "POST",
+                &format!("{SEED_PATH}?a=1"),
+                &body,
+            ),
+        ),
+        (
+            "signature for another method",
+            signed_headers(API_KEY.0, API_KEY.1, "PUT", SEED_PATH, &body),
+        ),
     ];
     for (what, headers) in &refused {
         let r = c1.request("POST", SEED_PATH, headers, &body);
@@ -82,6 +113,23 @@ fn signed_requests_get_in_once_and_listings_never_show_stream_keys() {
         "a replayed signed request (to another replica) must be refused: {}",
         replay.text()
     );
+    // The same MAC spelled in upper-case hex is the same signed request.
+    let respelled: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| match v.strip_prefix("v1=") {
+            Some(hex) => (k.clone(), format!("v1={}", hex.to_uppercase())),
+            None => (k.clone(), v.clone()),
+        })
+        .collect();
+    assert_ne!(respelled, headers);
+    let replay = c2.request("POST", SEED_PATH, &respelled, &body);
+    assert_eq!(
+        replay.status,
+        403,
+        "a replay with the signature in upper case must be refused: {}",
+        replay.text()
+    );
+    assert!(replay.text().contains("replay"), "{}", replay.text());
     fleet
         .rtmp
         .wait_publishing(task.key(), Duration::from_secs(15));
