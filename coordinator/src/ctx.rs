@@ -66,6 +66,7 @@ impl Ctx {
                 tracing::info!(task.id = %order.task_id, epoch = order.epoch, resume = order.resume.is_some(), "work order published")
             }
             Err(e) => {
+                self.metrics.dependency_error(crate::metrics::RABBITMQ);
                 tracing::warn!(task.id = %order.task_id, epoch = order.epoch, error = %e, "work order not published; the lease will expire and be issued again")
             }
         }
@@ -78,6 +79,7 @@ impl Ctx {
             Err(e) => Err(e),
         };
         if let Err(e) = r {
+            self.metrics.dependency_error(crate::metrics::RABBITMQ);
             tracing::warn!(worker.id = worker, error = %e, "control message not delivered");
         }
     }

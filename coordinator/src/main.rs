@@ -5,6 +5,7 @@
 //! one atomic script, so any number may run side by side. Each replica consumes
 //! commands and worker events, runs the reaper, and serves the HTTP API.
 
+use vodfleet_coordinator::metrics::{RABBITMQ, REDIS};
 use vodfleet_coordinator::{api, callback, config, ctx, intake, lease, metrics, store};
 
 use anyhow::Context as _;
@@ -36,7 +37,7 @@ async fn main() -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let metrics = Arc::new(metrics::Metrics::new());
-    let store = connect_store(&cfg.redis_url, &cancel).await?;
+    let store = connect_store(&cfg.redis_url, &metrics, &cancel).await?;
     let callbacks = callback::Callbacks::spawn(
         metrics.clone(),
         cfg.callback_key.clone(),
@@ -61,8 +62,23 @@ async fn main() -> anyhow::Result<()> {
             let ctx = ctx.clone();
             async move {
                 if let Err(e) = lease::reap(&ctx).await {
+                    if matches!(e, store::StoreError::Redis(_)) {
+                        ctx.metrics.dependency_error(REDIS);
+                    }
                     tracing::warn!(error = %e, "reaper pass failed");
                 }
+            }
+        }
+    }));
+    // Whether Redis answers (the managed connection reconnects by itself, so
+    // reachability is asked, not seen at a connect).
+    tracker.spawn(every(Duration::from_secs(1), cancel.clone(), {
+        let ctx = ctx.clone();
+        move || {
+            let ctx = ctx.clone();
+            async move {
+                let ping = tokio::time::timeout(Duration::from_secs(2), ctx.store.ping());
+                ctx.metrics.dependency(REDIS, ping.await.unwrap_or(false));
             }
         }
     }));
@@ -104,12 +120,20 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect_store(url: &str, cancel: &CancellationToken) -> anyhow::Result<store::Store> {
+async fn connect_store(
+    url: &str,
+    metrics: &metrics::Metrics,
+    cancel: &CancellationToken,
+) -> anyhow::Result<store::Store> {
     let mut delay = Duration::from_millis(200);
     loop {
         match store::Store::connect(url).await {
-            Ok(s) => return Ok(s),
+            Ok(s) => {
+                metrics.dependency(REDIS, true);
+                return Ok(s);
+            }
             Err(e) => {
+                metrics.dependency(REDIS, false);
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "Redis unreachable; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -132,6 +156,7 @@ async fn supervise_bus(ctx: Arc<ctx::Ctx>, cancel: CancellationToken) {
         };
         let bus = Arc::new(bus);
         ctx.bus.set(Some(bus.clone())).await;
+        ctx.metrics.dependency(RABBITMQ, true);
         tracing::info!("connected to RabbitMQ; topology declared");
         let consumers = async {
             let (_c1, mut commands) = bus
@@ -206,6 +231,7 @@ async fn supervise_bus(ctx: Arc<ctx::Ctx>, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
         };
         ctx.bus.set(None).await;
+        ctx.metrics.dependency(RABBITMQ, false);
         match outcome {
             Ok(()) => tracing::warn!("RabbitMQ consumer ended; reconnecting"),
             Err(e) => tracing::warn!(error = %e, "RabbitMQ connection lost; reconnecting"),

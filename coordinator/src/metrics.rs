@@ -1,12 +1,31 @@
 //! Prometheus metrics of the coordinator: `vodfleet_<name>_<unit>[_total]`,
 //! bounded labels, never a URL or a stream key.
 
-use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry,
+};
+use std::time::Instant;
+
+/// What `vodfleet_dependency_up` and `vodfleet_dependency_errors_total` are labelled with.
+pub const REDIS: &str = "redis";
+pub const RABBITMQ: &str = "rabbitmq";
+
+/// `vodfleet_command_intake_seconds` buckets: 1 ms to 10 s.
+const INTAKE_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 pub struct Metrics {
     pub registry: Registry,
     /// Commands by `cmd` (1, 2, 3, 5, invalid) and `result` (accepted, rejected, duplicate).
     pub commands: IntCounterVec,
+    /// From a command's delivery to its ack, by the same `cmd` and `result` as `commands`.
+    pub command_intake: HistogramVec,
+    /// 1 while Redis / RabbitMQ answer, by `dependency` (`redis`, `rabbitmq`).
+    pub dependency_up: IntGaugeVec,
+    /// Failed operations and lost connections, by `dependency`.
+    pub dependency_errors: IntCounterVec,
     /// Tasks by state, refreshed from Redis every few seconds.
     pub tasks: IntGaugeVec,
     pub leases_issued: IntCounter,
@@ -49,6 +68,59 @@ impl Metrics {
         registry
             .register(Box::new(commands.clone()))
             .expect("unique metric");
+        let command_intake = HistogramVec::new(
+            HistogramOpts::new(
+                "vodfleet_command_intake_seconds",
+                "Time from a command's delivery to its ack, by cmd and result",
+            )
+            .buckets(INTAKE_BUCKETS.to_vec()),
+            &["cmd", "result"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(command_intake.clone()))
+            .expect("unique metric");
+        // Every series a queue command can land in, at 0 from the start.
+        for cmd in ["1", "2", "3", "5"] {
+            for result in ["accepted", "rejected", "duplicate"] {
+                command_intake.with_label_values(&[cmd, result]);
+            }
+        }
+        command_intake.with_label_values(&["invalid", "rejected"]);
+        let dependency_up = IntGaugeVec::new(
+            Opts::new(
+                "vodfleet_dependency_up",
+                "1 while the dependency answers, 0 while it is unreachable",
+            ),
+            &["dependency"],
+        )
+        .expect("valid metric");
+        let dependency_errors = IntCounterVec::new(
+            Opts::new(
+                "vodfleet_dependency_errors_total",
+                "Failed operations and lost connections, by dependency",
+            ),
+            &["dependency"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(dependency_up.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(dependency_errors.clone()))
+            .expect("unique metric");
+        // Down (0) until connected; no errors yet.
+        for dep in [REDIS, RABBITMQ] {
+            dependency_up.with_label_values(&[dep]).set(0);
+            dependency_errors.with_label_values(&[dep]);
+        }
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, …
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
         let tasks = IntGaugeVec::new(Opts::new("vodfleet_tasks", "Tasks by state"), &["state"])
             .expect("valid metric");
         registry
@@ -64,6 +136,9 @@ impl Metrics {
             .expect("unique metric");
         Metrics {
             commands,
+            command_intake,
+            dependency_up,
+            dependency_errors,
             tasks,
             leases_issued: counter(
                 "vodfleet_leases_issued_total",
@@ -99,6 +174,30 @@ impl Metrics {
         }
     }
 
+    /// A command acked after `since` (when its delivery arrived).
+    pub fn intake_done(&self, cmd: &str, result: &str, since: Instant) {
+        self.command_intake
+            .with_label_values(&[cmd, result])
+            .observe(since.elapsed().as_secs_f64());
+    }
+
+    /// Whether `dependency` answered; a failure counts as an error.
+    pub fn dependency(&self, dependency: &str, up: bool) {
+        self.dependency_up
+            .with_label_values(&[dependency])
+            .set(i64::from(up));
+        if !up {
+            self.dependency_error(dependency);
+        }
+    }
+
+    /// A failed operation on `dependency` (the dependency may still be up).
+    pub fn dependency_error(&self, dependency: &str) {
+        self.dependency_errors
+            .with_label_values(&[dependency])
+            .inc();
+    }
+
     /// The text exposition format for `/metrics`.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -106,5 +205,55 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_is_there_before_anything_happened() {
+        let m = Metrics::new();
+        let text = m.render();
+        for line in [
+            "vodfleet_dependency_up{dependency=\"redis\"} 0",
+            "vodfleet_dependency_up{dependency=\"rabbitmq\"} 0",
+            "vodfleet_dependency_errors_total{dependency=\"redis\"} 0",
+            "vodfleet_dependency_errors_total{dependency=\"rabbitmq\"} 0",
+            "vodfleet_command_intake_seconds_count{cmd=\"1\",result=\"accepted\"} 0",
+            "vodfleet_command_intake_seconds_bucket{cmd=\"invalid\",result=\"rejected\",le=\"0.001\"} 0",
+            "vodfleet_command_intake_seconds_bucket{cmd=\"5\",result=\"duplicate\",le=\"10\"} 0",
+            "# TYPE process_cpu_seconds_total counter",
+            "# TYPE process_resident_memory_bytes gauge",
+            "# TYPE process_open_fds gauge",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn dependencies_and_intake_are_counted() {
+        let m = Metrics::new();
+        m.dependency(REDIS, true);
+        m.dependency(RABBITMQ, false);
+        m.dependency_error(REDIS);
+        m.intake_done(
+            "2",
+            "rejected",
+            Instant::now() - std::time::Duration::from_millis(30),
+        );
+        let text = m.render();
+        for line in [
+            "vodfleet_dependency_up{dependency=\"redis\"} 1",
+            "vodfleet_dependency_up{dependency=\"rabbitmq\"} 0",
+            "vodfleet_dependency_errors_total{dependency=\"redis\"} 1",
+            "vodfleet_dependency_errors_total{dependency=\"rabbitmq\"} 1",
+            "vodfleet_command_intake_seconds_bucket{cmd=\"2\",result=\"rejected\",le=\"0.025\"} 0",
+            "vodfleet_command_intake_seconds_bucket{cmd=\"2\",result=\"rejected\",le=\"0.05\"} 1",
+            "vodfleet_command_intake_seconds_count{cmd=\"2\",result=\"rejected\"} 1",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
     }
 }

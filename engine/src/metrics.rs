@@ -3,6 +3,8 @@
 //!
 //! Counted where things happen (destinations, downloads) in both `play` and
 //! `run` modes. Labels are bounded: never a URL, a stream key or a task id.
+//! The registry also carries the standard `process_*` metrics (CPU seconds,
+//! resident memory, open file descriptors, threads).
 
 use prometheus::{Gauge, IntCounter, IntGauge, Registry, TextEncoder};
 use std::sync::OnceLock;
@@ -41,6 +43,12 @@ pub fn get() -> &'static Metrics {
 impl Metrics {
     fn new() -> Metrics {
         let registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("metric names are unique");
         fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
             r.register(Box::new(m.clone()))
                 .expect("metric names are unique");
@@ -118,6 +126,9 @@ mod tests {
             "vodfleet_worker_source_download_attempts_total",
             "vodfleet_worker_source_download_failures_total",
             "vodfleet_worker_lag_seconds",
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {name} ")),

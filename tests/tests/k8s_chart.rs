@@ -340,14 +340,14 @@ fn the_prometheus_rule_the_chart_renders_is_the_rules_file_and_passes_promtool()
     assert!(extract.success, "{}", extract.text());
     let check = tool("promtool", &["check", "rules", rules.to_str().unwrap()], T);
     assert!(
-        check.success && check.text().contains("SUCCESS: 13 rules found"),
+        check.success && check.text().contains("SUCCESS: 14 rules found"),
         "the chart's PrometheusRule as a rules file:\n{}",
         check.text()
     );
     let text = fs::read_to_string(&rules).unwrap();
     assert_eq!(
         text.matches(&format!("runbook_url: {base}")).count(),
-        13,
+        14,
         "runbook base not applied:\n{text}"
     );
     assert!(text.contains(&format!("runbook_url: {base}worker-down.md")));
@@ -416,7 +416,7 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
     let check = tool("promtool", &["check", "rules", rules.to_str().unwrap()], T);
     assert!(check.success, "promtool check rules:\n{}", check.text());
     assert!(
-        check.text().contains("SUCCESS: 13 rules found"),
+        check.text().contains("SUCCESS: 14 rules found"),
         "{}",
         check.text()
     );
@@ -430,7 +430,7 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
     // Each alert: a severity and a runbook page that exists.
     let text = fs::read_to_string(&rules).unwrap();
     let alerts = vodfleet_tests::ops::rule_exprs(&text);
-    assert_eq!(alerts.len(), 13);
+    assert_eq!(alerts.len(), 14);
     for page in text
         .lines()
         .filter_map(|l| l.trim().strip_prefix("runbook_url: "))
@@ -440,8 +440,8 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
             "runbook {page} does not exist"
         );
     }
-    assert_eq!(text.matches("runbook_url: docs/runbooks/").count(), 13);
-    assert_eq!(text.matches("severity: ").count(), 13);
+    assert_eq!(text.matches("runbook_url: docs/runbooks/").count(), 14);
+    assert_eq!(text.matches("severity: ").count(), 14);
     // The promtool tests exercise every alert.
     let tests = fs::read_to_string(repo_root().join("tests/k8s/alerts.test.yaml")).unwrap();
     for (alert, _) in &alerts {

@@ -6,13 +6,20 @@
 //!   the rules: every dashboard query returns data, the fleet's numbers are
 //!   the real ones (2 streams on air), no alert fires while all is well, and
 //!   VodfleetWorkerDown fires for the worker that is SIGKILLed (its `for:` is
-//!   shortened to 5 s in the test's copy of the rules; nothing else changes).
+//!   shortened to 5 s in the test's copy of the rules; nothing else changes);
+//! - the intake histogram counts the commands sent (a duplicate sent while
+//!   Prometheus watches gives the latency panel a real p50/p99), and every
+//!   process reports its dependencies up.
+//!
+//! And on a private RabbitMQ node: `vodfleet_dependency_up` and
+//! `vodfleet_dependency_errors_total` follow Redis pausing and RabbitMQ stopping,
+//! and VodfleetDependencyDown fires for each process cut off.
 
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::fs;
 use std::time::{Duration, Instant};
-use vodfleet_tests::fleet::{long_counter, FleetOptions};
+use vodfleet_tests::fleet::{long_counter, metric_sum, FleetOptions, Proc};
 use vodfleet_tests::ops::{
     dashboard_exprs, dashboards, exposition_names, promql_metric_names, rule_exprs, rules_path,
     run_tool, tools, Prometheus,
@@ -42,14 +49,33 @@ fn dashboards_and_alerts_work_against_a_real_prometheus_and_live_processes() {
     let producer = fleet.producer();
     let media = long_counter();
     let tasks: Vec<_> = (0..2).map(|_| fleet.new_task(&[&media], 1)).collect();
-    for t in &tasks {
-        producer.send(&t.start(0));
+    // Under message ids of ours, so the same start can be sent again as a duplicate.
+    for (i, t) in tasks.iter().enumerate() {
+        producer.send_as(&t.start(0), &format!("observability-start-{i}"));
     }
     for t in &tasks {
         fleet.rtmp.wait_publishing(t.key(), Duration::from_secs(20));
     }
     // One refused command, so the dead-letter series exists as in production.
     producer.send_raw(b"{\"cmd\": \"1\"}");
+
+    // The intake histogram counted them once acked (two starts, one refusal).
+    let intake = |cmd: &str, result: &str| {
+        let series =
+            format!("vodfleet_command_intake_seconds_count{{cmd=\"{cmd}\",result=\"{result}\"}}");
+        metric_sum(&fleet.coordinator().metrics(), &series)
+    };
+    let counted = poll(Duration::from_secs(20), || {
+        (intake("1", "accepted") == Some(2.0) && intake("invalid", "rejected") == Some(1.0))
+            .then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "intake histogram: 1/accepted {:?}, invalid/rejected {:?}\n{}",
+        intake("1", "accepted"),
+        intake("invalid", "rejected"),
+        fleet.coordinator().metrics()
+    );
 
     // promtool check metrics on the live expositions.
     let coordinator_text = fleet.coordinator().metrics();
@@ -169,6 +195,44 @@ fn dashboards_and_alerts_work_against_a_real_prometheus_and_live_processes() {
         dash.len(),
         t0.elapsed()
     );
+    // Every process reaches what it needs: the coordinator Redis and RabbitMQ,
+    // each worker RabbitMQ.
+    let up = poll(Duration::from_secs(20), || {
+        let r = prom.query("count(vodfleet_dependency_up == 1)");
+        (r.first()?["value"][1].as_str()? == "4").then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "dependencies up: {:#?}",
+        prom.query("vodfleet_dependency_up")
+    );
+    // A command while Prometheus watches (the first start again: a duplicate,
+    // nothing changes): the latency panel shows a real p50 and p99.
+    producer.send_as(&tasks[0].start(0), "observability-start-0");
+    let latency: Vec<String> = dash
+        .iter()
+        .filter(|(w, _)| w.contains("Intake latency"))
+        .map(|(_, e)| e.clone())
+        .collect();
+    assert_eq!(latency.len(), 2, "the p50 and p99 queries");
+    let finite = |e: &String| {
+        prom.query(e)
+            .first()
+            .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v > 0.0)
+    };
+    let seen = poll(Duration::from_secs(20), || {
+        latency.iter().map(finite).collect::<Option<Vec<f64>>>()
+    });
+    let seen = seen.unwrap_or_else(|| {
+        panic!(
+            "the intake latency panel has no value within 20 s of a command: {:?}; duplicates counted: {:?}",
+            latency.iter().map(|e| prom.query(e)).collect::<Vec<_>>(),
+            intake("1", "duplicate")
+        )
+    });
+    assert_eq!(intake("1", "duplicate"), Some(1.0));
+    eprintln!("intake latency p50, p99 of a duplicate start: {seen:?} s");
     // The autoscaling query of the chart's ScaledObject, on live data: 2 tasks
     // running × 1.2 headroom → 3 slots wanted (the coordinators refresh their
     // task counts every 15 s).
@@ -284,4 +348,138 @@ fn shorten_for(rules: &str, alert: &str, value: &str) -> String {
     }
     assert!(done, "no for: for {alert} in the rules");
     out.join("\n") + "\n"
+}
+
+/// `vodfleet_dependency_{up,errors_total}{dependency}` of `p`'s live scrape.
+fn dependency(p: &Proc, which: &str, dep: &str) -> Option<f64> {
+    p.metric(&format!(
+        "vodfleet_dependency_{which}{{dependency=\"{dep}\"}}"
+    ))
+}
+
+/// Waits until `alert` fires for `instance` and `dep`; panics after `timeout`.
+fn wait_firing(prom: &Prometheus, instance: &str, dep: &str, timeout: Duration) -> Value {
+    poll(timeout, || {
+        prom.alerts().into_iter().find(|a| {
+            a["labels"]["alertname"] == "VodfleetDependencyDown"
+                && a["state"] == "firing"
+                && a["labels"]["instance"] == instance
+                && a["labels"]["dependency"] == dep
+        })
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "VodfleetDependencyDown did not fire for {instance} {dep} within {timeout:?}; alerts: {:#?}\n{}",
+            prom.alerts(),
+            prom.log()
+        )
+    })
+}
+
+#[test]
+fn dependency_metrics_follow_redis_and_rabbitmq_and_the_alert_fires() {
+    let t0 = Instant::now();
+    let mut fleet = Fleet::start_private(FleetOptions {
+        coordinators: 1,
+        workers: 1,
+        ..FleetOptions::default()
+    });
+    let c_inst = format!("127.0.0.1:{}", fleet.coordinator().http_port());
+    let w_inst = format!("127.0.0.1:{}", fleet.workers[0].http_port());
+    // Healthy: everything up, no error counted.
+    let healthy = |f: &Fleet| {
+        let c = f.coordinator();
+        let w = &f.workers[0];
+        [
+            dependency(c, "up", "redis"),
+            dependency(c, "up", "rabbitmq"),
+            dependency(w, "up", "rabbitmq"),
+        ]
+        .iter()
+        .all(|v| *v == Some(1.0))
+    };
+    assert!(
+        poll(Duration::from_secs(20), || healthy(&fleet).then_some(())).is_some(),
+        "not every dependency up at start:\n{}\n{}",
+        fleet.coordinator().metrics(),
+        fleet.workers[0].metrics()
+    );
+    let (c, w): (&Proc, &Proc) = (fleet.coordinator(), &fleet.workers[0]);
+    for (p, dep) in [(c, "redis"), (c, "rabbitmq"), (w, "rabbitmq")] {
+        assert_eq!(dependency(p, "errors_total", dep), Some(0.0), "{dep}");
+    }
+
+    let rules = fs::read_to_string(rules_path()).expect("rules file");
+    let short_rules = shorten_for(&rules, "VodfleetDependencyDown", "2s");
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n  scrape_timeout: 900ms\n\
+         rule_files: [alerts.rules.yaml]\n\
+         scrape_configs:\n\
+         \x20 - job_name: vodfleet-coordinator\n    static_configs: [{{targets: ['{c_inst}']}}]\n\
+         \x20 - job_name: vodfleet-worker\n    static_configs: [{{targets: ['{w_inst}']}}]\n"
+    );
+    let prom = Prometheus::start(&config, &[("alerts.rules.yaml", short_rules)]);
+
+    // Redis stops answering (every client paused for 15 s): the coordinator's
+    // pings time out, it reports Redis down and counts the failures, and the
+    // alert fires for it; once Redis answers again, it is up again.
+    let paused = Instant::now();
+    let ok: String = fleet.redis.query(&["CLIENT", "PAUSE", "15000", "ALL"]);
+    assert_eq!(ok, "OK");
+    let down = poll(Duration::from_secs(8), || {
+        (dependency(fleet.coordinator(), "up", "redis") == Some(0.0)).then_some(paused.elapsed())
+    })
+    .unwrap_or_else(|| panic!("redis still up:\n{}", fleet.coordinator().metrics()));
+    assert!(dependency(fleet.coordinator(), "errors_total", "redis") >= Some(1.0));
+    let fired = wait_firing(&prom, &c_inst, "redis", Duration::from_secs(12));
+    assert_eq!(fired["labels"]["severity"], "critical", "{fired}");
+    assert_eq!(
+        fired["annotations"]["runbook_url"], "docs/runbooks/dependency-down.md",
+        "{fired}"
+    );
+    eprintln!(
+        "Redis paused: reported down after {down:?}, alert firing after {:?}",
+        paused.elapsed()
+    );
+    assert!(
+        poll(Duration::from_secs(25), || {
+            (dependency(fleet.coordinator(), "up", "redis") == Some(1.0)).then_some(())
+        })
+        .is_some(),
+        "redis not up again after the pause:\n{}",
+        fleet.coordinator().metrics()
+    );
+    assert_eq!(dependency(fleet.coordinator(), "up", "rabbitmq"), Some(1.0));
+
+    // RabbitMQ stops: both processes report it down, count the lost link, and
+    // the alert fires for each; when it is back, both are up again.
+    let stopped = Instant::now();
+    fleet.rabbit().stop();
+    let both_down = |f: &Fleet| {
+        dependency(f.coordinator(), "up", "rabbitmq") == Some(0.0)
+            && dependency(&f.workers[0], "up", "rabbitmq") == Some(0.0)
+    };
+    assert!(
+        poll(Duration::from_secs(10), || both_down(&fleet).then_some(())).is_some(),
+        "rabbitmq still up after the node stopped:\n{}\n{}",
+        fleet.coordinator().metrics(),
+        fleet.workers[0].metrics()
+    );
+    assert!(dependency(fleet.coordinator(), "errors_total", "rabbitmq") >= Some(1.0));
+    assert!(dependency(&fleet.workers[0], "errors_total", "rabbitmq") >= Some(1.0));
+    for inst in [&c_inst, &w_inst] {
+        wait_firing(&prom, inst, "rabbitmq", Duration::from_secs(15));
+    }
+    eprintln!(
+        "RabbitMQ stopped: both report it down, alerts firing after {:?}",
+        stopped.elapsed()
+    );
+    fleet.rabbit().start_again();
+    assert!(
+        poll(Duration::from_secs(60), || healthy(&fleet).then_some(())).is_some(),
+        "not every dependency up after RabbitMQ came back:\n{}\n{}",
+        fleet.coordinator().metrics(),
+        fleet.workers[0].metrics()
+    );
+    eprintln!("dependency test: {:?}", t0.elapsed());
 }

@@ -2,7 +2,7 @@
 //! (`vodfleet_engine::metrics::registry`). Labels are bounded: never a URL,
 //! a stream key or a task id.
 
-use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use std::sync::OnceLock;
 use vodfleet_engine::metrics::register;
 
@@ -20,6 +20,30 @@ pub struct FleetMetrics {
     /// `vodfleet_worker_loop_delay_seconds`: the worst lateness of an engine
     /// event-loop wake-up in the last load sample.
     pub loop_delay: Gauge,
+    /// `vodfleet_dependency_up{dependency="rabbitmq"}`: 1 while the RabbitMQ link is up.
+    pub dependency_up: IntGaugeVec,
+    /// `vodfleet_dependency_errors_total{dependency="rabbitmq"}`: lost links and failed publishes.
+    pub dependency_errors: IntCounterVec,
+}
+
+/// The one dependency a worker has (it never talks to Redis).
+pub const RABBITMQ: &str = "rabbitmq";
+
+impl FleetMetrics {
+    /// Whether the RabbitMQ link is up; losing it counts as an error.
+    pub fn rabbitmq(&self, up: bool) {
+        self.dependency_up
+            .with_label_values(&[RABBITMQ])
+            .set(i64::from(up));
+        if !up {
+            self.rabbitmq_error();
+        }
+    }
+
+    /// A failed RabbitMQ operation (the link may still be up).
+    pub fn rabbitmq_error(&self) {
+        self.dependency_errors.with_label_values(&[RABBITMQ]).inc();
+    }
 }
 
 /// The fleet's metrics (registered on first use).
@@ -72,8 +96,31 @@ pub fn get() -> &'static FleetMetrics {
                 )
                 .expect("valid metric"),
             ),
+            dependency_up: register(
+                IntGaugeVec::new(
+                    Opts::new(
+                        "vodfleet_dependency_up",
+                        "1 while the dependency answers, 0 while it is unreachable.",
+                    ),
+                    &["dependency"],
+                )
+                .expect("valid metric"),
+            ),
+            dependency_errors: register(
+                IntCounterVec::new(
+                    Opts::new(
+                        "vodfleet_dependency_errors_total",
+                        "Failed operations and lost connections, by dependency.",
+                    ),
+                    &["dependency"],
+                )
+                .expect("valid metric"),
+            ),
         };
         m.accepting.set(1);
+        // Down until the link is made; no errors yet.
+        m.dependency_up.with_label_values(&[RABBITMQ]).set(0);
+        m.dependency_errors.with_label_values(&[RABBITMQ]);
         // Both reasons are listed from the start, at 0.
         for reason in ["expired", "revoked"] {
             m.fenced.with_label_values(&[reason]);
@@ -96,11 +143,20 @@ mod tests {
             "vodfleet_worker_accepting_work",
             "vodfleet_worker_loop_delay_seconds",
             "vodfleet_worker_streams_active",
+            "vodfleet_dependency_up",
+            "vodfleet_dependency_errors_total",
+            "process_cpu_seconds_total",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {name} ")),
                 "{name} missing from:\n{text}"
             );
+        }
+        for line in [
+            "vodfleet_dependency_up{dependency=\"rabbitmq\"}",
+            "vodfleet_dependency_errors_total{dependency=\"rabbitmq\"}",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
         }
     }
 }

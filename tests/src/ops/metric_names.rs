@@ -7,13 +7,25 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::PathBuf;
 
-/// The metric families a Prometheus text exposition declares (`# TYPE name …`).
+/// The names a query can select in a Prometheus text exposition: each family
+/// it declares (`# TYPE name type`), and for a histogram or a summary the
+/// series it is made of (`name_bucket`, `name_sum`, `name_count`).
 pub fn exposition_names(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_owned)
-        .collect()
+    let mut names = BTreeSet::new();
+    for l in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let mut words = l.split_whitespace();
+        let (Some(name), kind) = (words.next(), words.next()) else {
+            continue;
+        };
+        let parts: &[&str] = match kind {
+            Some("histogram") => &["_bucket", "_sum", "_count"],
+            Some("summary") => &["_sum", "_count"],
+            _ => &[],
+        };
+        names.extend(parts.iter().map(|p| format!("{name}{p}")));
+        names.insert(name.to_owned());
+    }
+    names
 }
 
 /// PromQL words that are not metric names (aggregations may be followed by
@@ -208,4 +220,26 @@ pub fn dashboards() -> Vec<(String, Value)> {
 /// The alert rules file (the one copy; the chart ships it as a PrometheusRule).
 pub fn rules_path() -> PathBuf {
     repo_root().join("helm/vodfleet/files/alerts.rules.yaml")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_histogram_s_series_are_names_too() {
+        let names = super::exposition_names(
+            "# HELP a_seconds A.\n# TYPE a_seconds histogram\na_seconds_bucket{le=\"1\"} 0\n\
+             # TYPE b_total counter\nb_total 1\n# TYPE c summary\n",
+        );
+        let want = [
+            "a_seconds",
+            "a_seconds_bucket",
+            "a_seconds_count",
+            "a_seconds_sum",
+            "b_total",
+            "c",
+            "c_count",
+            "c_sum",
+        ];
+        assert_eq!(names.iter().map(String::as_str).collect::<Vec<_>>(), want);
+    }
 }

@@ -42,9 +42,13 @@ pub async fn run(fleet: Arc<Fleet>) {
             Err(_) => return, // shutting down
         };
         tracing::info!("connected to RabbitMQ");
+        crate::metrics::get().rabbitmq(true);
         let lost = session(&fleet, bus.clone()).await;
         fleet.bus.send_replace(None);
         fleet.consuming.store(false, Ordering::Relaxed);
+        if lost.is_err() {
+            crate::metrics::get().rabbitmq(false);
+        }
         // Joins lapin's I/O thread, so nothing of it outlives the runtime.
         bus.shutdown(Duration::from_secs(2)).await;
         match lost {
@@ -293,6 +297,7 @@ pub async fn publish_outbox(fleet: Arc<Fleet>, mut rx: mpsc::UnboundedReceiver<W
                 }
                 Err(_) => tracing::warn!("a worker message was not confirmed in time; retrying"),
             }
+            crate::metrics::get().rabbitmq_error();
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                 _ = fleet.shutdown.cancelled() => return,
