@@ -13,7 +13,7 @@ use crate::callback::{payload, Callback};
 use crate::ctx::{now_ms, Ctx};
 use crate::store::{StoreError, TaskRecord};
 use sha2::{Digest, Sha256};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vodfleet_bus::lapin::message::Delivery;
 use vodfleet_bus::lapin::options::{BasicAckOptions, BasicNackOptions};
 use vodfleet_bus::lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -60,6 +60,7 @@ pub fn response(code: u16, msg: &str) -> serde_json::Value {
 }
 
 pub async fn handle(ctx: &Ctx, d: Delivery) {
+    let delivered = Instant::now();
     let message_id = d.properties.message_id().as_ref().map(|m| m.to_string());
     let digest = match &message_id {
         Some(m) => format!("m:{}", hex::encode(Sha256::digest(m.as_bytes()))),
@@ -68,7 +69,7 @@ pub async fn handle(ctx: &Ctx, d: Delivery) {
     let now = now_ms();
     let cmd = match parse_command(&d.data).and_then(|c| timing(ctx, c, now)) {
         Ok(c) => c,
-        Err(e) => return refuse(ctx, &d, e, None).await,
+        Err(e) => return refuse(ctx, &d, e, None, delivered).await,
     };
     let mut delay = Duration::from_millis(200);
     loop {
@@ -91,9 +92,10 @@ pub async fn handle(ctx: &Ctx, d: Delivery) {
                 );
                 reply(ctx, &d, 200, "receive task success!").await;
                 ack(&d).await;
+                ctx.metrics.intake_done(cmd.cmd.code(), outcome, delivered);
                 return;
             }
-            Err(ApplyError::Reject(e)) => return refuse(ctx, &d, e, Some(&cmd)).await,
+            Err(ApplyError::Reject(e)) => return refuse(ctx, &d, e, Some(&cmd), delivered).await,
             Err(ApplyError::Store(e)) if e.is_transient() && delay < Duration::from_secs(30) => {
                 // Redis is restarting: hold the delivery and try again rather than bounce it
                 // towards the delivery limit.
@@ -430,13 +432,14 @@ async fn update(
 }
 
 /// Answers, calls back and dead-letters a refused command; changes nothing else.
-async fn refuse(ctx: &Ctx, d: &Delivery, e: FieldError, cmd: Option<&Command>) {
+async fn refuse(ctx: &Ctx, d: &Delivery, e: FieldError, cmd: Option<&Command>, delivered: Instant) {
     let code = e.kind.http_code();
     let msg = e.to_string();
     tracing::info!(reason = %msg, "command refused");
+    let code_of = cmd.map_or("invalid", |c| c.cmd.code());
     ctx.metrics
         .commands
-        .with_label_values(&[cmd.map_or("invalid", |c| c.cmd.code()), "rejected"])
+        .with_label_values(&[code_of, "rejected"])
         .inc();
     reply(ctx, d, code, &msg).await;
     // A failure callback where the body named a URL we may call.
@@ -486,7 +489,10 @@ async fn refuse(ctx: &Ctx, d: &Delivery, e: FieldError, cmd: Option<&Command>) {
         None => Err("not connected".into()),
     };
     match dead {
-        Ok(()) => ack(d).await,
+        Ok(()) => {
+            ack(d).await;
+            ctx.metrics.intake_done(code_of, "rejected", delivered);
+        }
         Err(e) => {
             // Could not dead-letter it ourselves: let RabbitMQ's delivery limit do it.
             tracing::warn!(error = %e, "refused command not dead-lettered; returning it to the queue");
