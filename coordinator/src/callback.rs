@@ -127,6 +127,22 @@ impl Callbacks {
     }
 }
 
+/// The URL policy, once, before any attempt (a refusal is final, not retried):
+/// the scheme, an IP-literal host in any spelling, and what a name resolves to.
+/// The client's resolver checks names again on every connection and redirect.
+async fn check_policy(raw: &str, allow_private: bool) -> Result<(), String> {
+    let u = url::Url::parse(raw).map_err(|e| format!("not a URL: {e}"))?;
+    vodfleet_net::check_url(&u, allow_private)?;
+    if let Some(url::Host::Domain(host)) = u.host() {
+        if let Err(vodfleet_net::NameError::Refused(why)) =
+            vodfleet_net::resolve_allowed(host, allow_private).await
+        {
+            return Err(why);
+        }
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn deliver(
     client: &reqwest::Client,
@@ -139,13 +155,10 @@ async fn deliver(
     cancel: &CancellationToken,
 ) {
     let shown = redact::source(&cb.url);
-    if let Ok(u) = url::Url::parse(&cb.url) {
-        // Names are checked by the client's resolver; IP literals bypass it, so check them here.
-        if let Err(reason) = vodfleet_net::check_url_host(&u, allow_private) {
-            tracing::warn!(callback = %shown, reason, "callback refused by the URL policy");
-            metrics.callbacks_failed.inc();
-            return;
-        }
+    if let Err(reason) = check_policy(&cb.url, allow_private).await {
+        tracing::warn!(callback = %shown, reason, "callback refused by the URL policy");
+        metrics.callbacks_failed.inc();
+        return;
     }
     let body = serde_json::to_vec(&cb.payload).expect("json");
     // The signature covers the path and query the receiver sees.

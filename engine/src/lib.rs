@@ -113,10 +113,12 @@ impl Engine {
     /// cache directory); everything after that is reported through the handle.
     pub fn start(&self, s: Start) -> Result<TaskHandle, WorkerError> {
         let task_id = s.spec.id.clone();
-        let sources = source::Sources::new(&self.cfg, &task_id, s.cancel, self.rt.clone())
-            .map_err(|e| WorkerError::Unsupported {
-                task: task_id.clone(),
-                cause: format!("cache directory {}: {e}", self.cfg.cache_dir.display()),
+        let sources =
+            source::Sources::new(&self.cfg, &s.spec, s.cancel, self.rt.clone()).map_err(|e| {
+                WorkerError::Unsupported {
+                    task: task_id.clone(),
+                    cause: format!("cache directory {}: {e}", self.cfg.cache_dir.display()),
+                }
             })?;
         let (events, events_rx) = mpsc::unbounded_channel::<Event>();
         let (control, control_rx) = mpsc::unbounded_channel();

@@ -130,6 +130,29 @@ impl Fetch<'_> {
             200 => false,
             206 if have > 0 => true,
             416 if have > 0 => return Ok(()), // we already hold every byte
+            // A redirect reqwest did not follow: its Location is not an http(s) URL
+            // (`file:`, `ftp:`, `gopher:`…), which the policy never fetches.
+            300..=399 => {
+                let location = resp
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .and_then(|l| resp.url().join(l).ok());
+                let why = location
+                    .map(|to| {
+                        vodfleet_net::check_redirect(&to, 0, self.cfg.allow_private_networks)
+                            .err()
+                            .unwrap_or_else(|| {
+                                format!("redirect to {} not followed", redact::source(to.as_str()))
+                            })
+                    })
+                    .unwrap_or_else(|| format!("HTTP {status} without a usable Location"));
+                return Err(WorkerError::Policy {
+                    task: self.task_id.to_owned(),
+                    url: redact::source(self.url),
+                    reason: why,
+                });
+            }
             408 | 429 | 500..=599 => {
                 let fault = if status.as_u16() == 408 {
                     Fault::TimedOut

@@ -17,9 +17,20 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
-use vodfleet_proto::redact;
+use vodfleet_proto::{redact, TaskSpec};
 
 type Slot = Arc<OnceCell<Result<PathBuf, Arc<WorkerError>>>>;
+
+fn watermark_urls(spec: &TaskSpec) -> Vec<String> {
+    let mut urls: Vec<String> = spec
+        .sources
+        .iter()
+        .filter_map(|s| s.watermark.as_ref().map(|w| w.image_url.clone()))
+        .collect();
+    urls.sort();
+    urls.dedup();
+    urls
+}
 
 pub struct Sources {
     cfg: Config,
@@ -29,12 +40,15 @@ pub struct Sources {
     cancel: CancellationToken,
     rt: tokio::runtime::Handle,
     slots: Mutex<HashMap<String, Slot>>,
+    /// Watermark image URLs, and whether their names passed the policy.
+    watermarks: Vec<String>,
+    watermarks_checked: OnceCell<Result<(), Arc<WorkerError>>>,
 }
 
 impl Sources {
     pub fn new(
         cfg: &Config,
-        task_id: &str,
+        spec: &TaskSpec,
         cancel: CancellationToken,
         rt: tokio::runtime::Handle,
     ) -> std::io::Result<Arc<Sources>> {
@@ -42,6 +56,7 @@ impl Sources {
         // not lose its files when the older run ends and removes its own.
         static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let task_id = spec.id.as_str();
         let dir = cfg.cache_dir.join(format!(
             "task-{}-{}-{run}",
             sanitize(task_id),
@@ -56,11 +71,18 @@ impl Sources {
             cancel,
             rt,
             slots: Mutex::new(HashMap::new()),
+            watermarks: watermark_urls(spec),
+            watermarks_checked: OnceCell::new(),
         }))
     }
 
-    /// The local file for `url`, downloading it first if needed.
+    /// The local file for `url`, downloading it first if needed. Nothing is
+    /// fetched for a task with a watermark image the URL policy refuses.
     pub async fn local(&self, url: &str) -> Result<PathBuf, Arc<WorkerError>> {
+        self.watermarks_checked
+            .get_or_init(|| async { self.check_watermarks().await.map_err(Arc::new) })
+            .await
+            .clone()?;
         let slot = self
             .slots
             .lock()
@@ -89,6 +111,16 @@ impl Sources {
             "http" | "https" => {
                 policy::check_url_host(&parsed, self.cfg.allow_private_networks)
                     .map_err(|r| self.refuse(url, r))?;
+                // A name that resolves only to refused addresses is refused once, here,
+                // not retried as an unreachable server (the client's resolver checks
+                // every connection and redirect again).
+                if let Some(url::Host::Domain(host)) = parsed.host() {
+                    if let Err(policy::NameError::Refused(why)) =
+                        policy::resolve_allowed(host, self.cfg.allow_private_networks).await
+                    {
+                        return Err(self.refuse(url, why));
+                    }
+                }
                 let dest = self.dir.join(hex_digest(url));
                 http::Fetch {
                     client: &self.client,
@@ -110,6 +142,29 @@ impl Sources {
                 ),
             }),
         }
+    }
+
+    /// Watermark images the URL policy would never fetch, refused before the
+    /// first item: a scheme other than `http`, `https` or `vod`, a host that is a
+    /// refused IP literal (any spelling) or `localhost`, a name that resolves only
+    /// to refused addresses (one that does not resolve is the fetch's to report).
+    async fn check_watermarks(&self) -> Result<(), WorkerError> {
+        for url in &self.watermarks {
+            let refuse = |why: String| self.refuse(url, format!("watermark image: {why}"));
+            let u = url::Url::parse(url).map_err(|e| refuse(e.to_string()))?;
+            if u.scheme() == "vod" {
+                continue;
+            }
+            policy::check_url(&u, self.cfg.allow_private_networks).map_err(refuse)?;
+            if let Some(url::Host::Domain(host)) = u.host() {
+                if let Err(policy::NameError::Refused(why)) =
+                    policy::resolve_allowed(host, self.cfg.allow_private_networks).await
+                {
+                    return Err(refuse(why));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn refuse(&self, url: &str, reason: String) -> WorkerError {
