@@ -6,8 +6,11 @@
 //! producer if it asked (`reply_to`), then ack. A refused command is answered
 //! with 400/403 and a message naming the field, gets a failure callback when a
 //! URL was given, and is republished to `vodfleet.commands.dead` with the reason;
-//! it changes nothing in Redis. A message that keeps crashing us is
-//! dead-lettered by RabbitMQ itself after the delivery limit.
+//! it changes nothing in Redis. A command whose handler keeps failing (e.g. a
+//! task record that cannot be read) goes back to the queue until its last
+//! delivery under the queue's limit, then is dead-lettered by us with the error
+//! as its reason; one that keeps crashing the process is dead-lettered by
+//! RabbitMQ itself after the delivery limit.
 
 use crate::callback::{payload, Callback};
 use crate::ctx::{now_ms, Ctx};
@@ -18,7 +21,9 @@ use vodfleet_bus::lapin::message::Delivery;
 use vodfleet_bus::lapin::options::{BasicAckOptions, BasicNackOptions};
 use vodfleet_bus::lapin::types::{AMQPValue, FieldTable, ShortString};
 use vodfleet_bus::lapin::BasicProperties;
-use vodfleet_proto::fleet::{ToWorker, WorkOrder, COMMANDS_DEAD_QUEUE, REASON_HEADER};
+use vodfleet_proto::fleet::{
+    ToWorker, WorkOrder, COMMANDS_DEAD_QUEUE, COMMAND_DELIVERY_LIMIT, REASON_HEADER,
+};
 use vodfleet_proto::{parse_command, Cmd, Command, FieldError, TaskSpec};
 
 pub enum ApplyError {
@@ -104,17 +109,58 @@ pub async fn handle(ctx: &Ctx, d: Delivery) {
                 delay *= 2;
             }
             Err(ApplyError::Store(e)) => {
-                tracing::error!(error = %e, "command not applied; returning it to the queue");
-                let _ = d
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
-                return;
+                return give_back(ctx, &d, cmd.cmd.code(), &e, delivered).await
             }
         }
     }
+}
+
+/// How many times `d` was delivered before (RabbitMQ's `x-delivery-count`,
+/// which quorum queues set on every redelivery; 0 on the first).
+fn earlier_deliveries(d: &Delivery) -> u64 {
+    let count = d
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count").cloned());
+    match count {
+        Some(AMQPValue::LongLongInt(n)) => n.max(0) as u64,
+        Some(AMQPValue::LongInt(n)) => n.max(0) as u64,
+        Some(AMQPValue::LongUInt(n)) => n.into(),
+        Some(AMQPValue::ShortInt(n)) => n.max(0) as u64,
+        Some(AMQPValue::ShortUInt(n)) => n.into(),
+        Some(AMQPValue::ShortShortInt(n)) => n.max(0) as u64,
+        Some(AMQPValue::ShortShortUInt(n)) => n.into(),
+        _ => 0,
+    }
+}
+
+/// A command whose handler failed (not a refusal, not Redis restarting): back
+/// to the queue for another try, except on its last delivery under the
+/// queue's delivery limit, where it is dead-lettered by us with the error as
+/// its reason (RabbitMQ would dead-letter it next, but only as
+/// `delivery_limit`, without saying why).
+async fn give_back(ctx: &Ctx, d: &Delivery, code: &str, e: &StoreError, delivered: Instant) {
+    let deliveries = earlier_deliveries(d) + 1;
+    if deliveries > u64::from(COMMAND_DELIVERY_LIMIT) {
+        let reason = format!("not applied after {deliveries} deliveries: {e}");
+        tracing::error!(error = %e, deliveries, "command not applied; dead-lettering it");
+        if dead_letter(ctx, d, &reason).await {
+            ctx.metrics
+                .commands
+                .with_label_values(&[code, "rejected"])
+                .inc();
+            ctx.metrics.intake_done(code, "rejected", delivered);
+        }
+        return;
+    }
+    tracing::error!(error = %e, deliveries, "command not applied; returning it to the queue");
+    let _ = d
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await;
 }
 
 fn timing(ctx: &Ctx, c: Command, now: u64) -> Result<Command, FieldError> {
@@ -473,14 +519,30 @@ async fn refuse(ctx: &Ctx, d: &Delivery, e: FieldError, cmd: Option<&Command>, d
         p["msg"] = msg.clone().into();
         ctx.callbacks.send(Callback { url, payload: p });
     }
+    if dead_letter(ctx, d, &msg).await {
+        ctx.metrics.intake_done(code_of, "rejected", delivered);
+    }
+}
+
+/// Republishes `d` to `vodfleet.commands.dead` with `reason` and acks it; if
+/// that fails, returns it to the queue (RabbitMQ's delivery limit ends it).
+/// True when it was dead-lettered.
+async fn dead_letter(ctx: &Ctx, d: &Delivery, reason: &str) -> bool {
     let mut headers = FieldTable::default();
     headers.insert(
         REASON_HEADER.into(),
-        AMQPValue::LongString(msg.clone().into()),
+        AMQPValue::LongString(reason.to_owned().into()),
     );
-    let props = BasicProperties::default()
+    // The producer's ids stay with it, so an operator can tell which command it was.
+    let mut props = BasicProperties::default()
         .with_delivery_mode(2)
         .with_headers(headers);
+    if let Some(m) = d.properties.message_id() {
+        props = props.with_message_id(m.clone());
+    }
+    if let Some(c) = d.properties.correlation_id() {
+        props = props.with_correlation_id(c.clone());
+    }
     let dead = match ctx.bus.get().await {
         Some(b) => b
             .publish("", COMMANDS_DEAD_QUEUE, &d.data, props)
@@ -491,17 +553,18 @@ async fn refuse(ctx: &Ctx, d: &Delivery, e: FieldError, cmd: Option<&Command>, d
     match dead {
         Ok(()) => {
             ack(d).await;
-            ctx.metrics.intake_done(code_of, "rejected", delivered);
+            true
         }
         Err(e) => {
             // Could not dead-letter it ourselves: let RabbitMQ's delivery limit do it.
-            tracing::warn!(error = %e, "refused command not dead-lettered; returning it to the queue");
+            tracing::warn!(error = %e, "command not dead-lettered; returning it to the queue");
             let _ = d
                 .nack(BasicNackOptions {
                     requeue: true,
                     ..Default::default()
                 })
                 .await;
+            false
         }
     }
 }

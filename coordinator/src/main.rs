@@ -162,7 +162,6 @@ async fn supervise_bus(ctx: Arc<ctx::Ctx>, cancel: CancellationToken) {
             let (_c1, mut commands) = bus
                 .consume(COMMANDS_QUEUE, "coordinator-commands", 16)
                 .await?;
-            let (_c2, mut events) = bus.consume(EVENTS_QUEUE, "coordinator-events", 256).await?;
             let cmd_loop = async {
                 // Commands for one task are applied in order; different tasks in parallel.
                 let lanes: Vec<_> = (0..intake::LANES)
@@ -191,7 +190,12 @@ async fn supervise_bus(ctx: Arc<ctx::Ctx>, cancel: CancellationToken) {
                 }
                 Ok(())
             };
+            // Its own consumer, set up alongside the commands' loop: a queue the broker
+            // cannot serve yet (a quorum queue still without a leader after a crash)
+            // must not hold back command intake.
             let ev_loop = async {
+                let (_c2, mut events) =
+                    bus.consume(EVENTS_QUEUE, "coordinator-events", 256).await?;
                 while let Some(d) = events.next().await {
                     let d = d.map_err(vodfleet_bus::BusError::from)?;
                     match serde_json::from_slice::<WorkerMessage>(&d.data) {

@@ -24,6 +24,7 @@ mod http;
 mod nginx;
 mod proc;
 mod producer;
+mod proxy;
 mod rabbit;
 mod redis;
 pub mod seed;
@@ -41,6 +42,7 @@ pub use nginx::{
 };
 pub use proc::{metric_sum, Proc};
 pub use producer::{DeadLetter, Producer};
+pub use proxy::CutProxy;
 pub use rabbit::{RabbitNode, Vhost};
 pub use redis::RedisServer;
 pub use task::{assert_continues, long_counter, tagged_counter, Live, Task, FPS, GOP};
@@ -273,6 +275,14 @@ impl Fleet {
         }
     }
 
+    /// Queue → (messages ready, messages unacknowledged), as the broker reports them.
+    pub fn queue_counts(&self) -> BTreeMap<String, (u64, u64)> {
+        match &self.broker {
+            Broker::Shared(v) => v.queue_counts(),
+            Broker::Private(n) => n.queue_counts(),
+        }
+    }
+
     /// What every process gets.
     pub fn common_env(&self) -> Vec<(String, String)> {
         let mut e: Vec<(String, String)> = vec![
@@ -315,7 +325,15 @@ impl Fleet {
 
     /// Starts one more worker and waits until it is ready.
     pub fn add_worker(&mut self) -> &mut FleetWorker {
-        let mut w = FleetWorker::start(&self.worker_env());
+        self.add_worker_with(&[])
+    }
+
+    /// Like [`Fleet::add_worker`] with extra variables that win over the
+    /// fleet's (e.g. a `VODFLEET_AMQP_URL` through a [`CutProxy`]).
+    pub fn add_worker_with(&mut self, extra: &[(&str, &str)]) -> &mut FleetWorker {
+        let mut env = self.worker_env();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut w = FleetWorker::start(&env);
         w.wait_ready(READY_TIMEOUT);
         self.workers.push(w);
         self.workers.last_mut().expect("just pushed")

@@ -134,6 +134,52 @@ impl Producer {
         }
     }
 
+    /// Publishes every `(body, message_id)` at once (persistent, `mandatory`)
+    /// and then waits up to `timeout` for their confirms, as a producer with
+    /// many commands in flight does. One result per message: `Ok` only when
+    /// RabbitMQ confirmed it (acked, not returned); a producer re-publishes
+    /// the others under the same message id.
+    pub fn publish_batch(
+        &self,
+        batch: &[(Vec<u8>, String)],
+        timeout: Duration,
+    ) -> Vec<Result<(), String>> {
+        let ch = &self.ch;
+        self.rt().block_on(async {
+            let opts = BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            };
+            let mut pending = Vec::with_capacity(batch.len());
+            for (body, id) in batch {
+                let props = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type(ShortString::from("application/json"))
+                    .with_message_id(ShortString::from(id.as_str()));
+                pending.push(
+                    ch.basic_publish("", COMMANDS_QUEUE, opts, body, props)
+                        .await,
+                );
+            }
+            let deadline = tokio::time::Instant::now() + timeout;
+            let mut out = Vec::with_capacity(batch.len());
+            for p in pending {
+                let r = match p {
+                    Err(e) => Err(format!("publish: {e}")),
+                    Ok(confirm) => match tokio::time::timeout_at(deadline, confirm).await {
+                        Err(_) => Err("no confirm in time".to_string()),
+                        Ok(Err(e)) => Err(format!("confirm: {e}")),
+                        Ok(Ok(Confirmation::Ack(Some(_)))) => Err("returned: no queue".into()),
+                        Ok(Ok(Confirmation::Nack(_))) => Err("nacked".into()),
+                        Ok(Ok(_)) => Ok(()),
+                    },
+                };
+                out.push(r);
+            }
+            out
+        })
+    }
+
     /// Publishes a JSON command body.
     pub fn send(&self, body: &Value) {
         self.send_raw(&serde_json::to_vec(body).expect("JSON"));

@@ -55,6 +55,36 @@ fn normalize_arguments(v: &Value) -> Value {
     }
 }
 
+/// Arguments of `rabbitmqctl list_queues` for (ready, unacked) message counts.
+const COUNT_ARGS: [&str; 6] = [
+    "list_queues",
+    "name",
+    "messages_ready",
+    "messages_unacknowledged",
+    "--formatter",
+    "json",
+];
+
+/// `rabbitmqctl list_queues name messages_ready messages_unacknowledged` (JSON)
+/// → queue name → (ready, unacknowledged).
+fn parse_queue_counts(json_text: &str) -> Result<BTreeMap<String, (u64, u64)>, String> {
+    let start = json_text
+        .find('[')
+        .ok_or_else(|| format!("no JSON array in {json_text:?}"))?;
+    let v: Value = serde_json::from_str(json_text[start..].trim())
+        .map_err(|e| format!("list_queues output is not JSON ({e}): {json_text}"))?;
+    Ok(v.as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|q| {
+            let n = |k: &str| q[k].as_u64().unwrap_or(0);
+            let name = q["name"].as_str()?.to_owned();
+            Some((name, (n("messages_ready"), n("messages_unacknowledged"))))
+        })
+        .collect())
+}
+
 /// A RabbitMQ virtual host of its own on the machine's broker, so tests running
 /// in parallel never take each other's messages. Deleted on drop.
 pub struct Vhost {
@@ -105,6 +135,19 @@ impl Vhost {
         )
         .unwrap_or_else(|e| panic!("rabbitmqctl list_queues: {e}"));
         parse_queue_arguments(&out).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Every queue of this vhost → (messages ready, messages unacknowledged).
+    pub fn queue_counts(&self) -> BTreeMap<String, (u64, u64)> {
+        let out = run(
+            Command::new(rabbitmqctl_bin())
+                .args(&COUNT_ARGS[..1])
+                .args(["-p", &self.name])
+                .args(&COUNT_ARGS[1..]),
+            CTL_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("rabbitmqctl list_queues: {e}"));
+        parse_queue_counts(&out).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Whether the vhost exists on the broker (for the harness self-test).
@@ -250,6 +293,12 @@ impl RabbitNode {
         }
     }
 
+    /// The pid of the node's process group leader (`kill -9 -- -PID` takes the
+    /// whole node), if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn node(&self) -> &str {
         &self.node
     }
@@ -279,6 +328,14 @@ impl RabbitNode {
         parse_queue_arguments(&out).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Queues of the default vhost → (messages ready, messages unacknowledged).
+    pub fn queue_counts(&self) -> BTreeMap<String, (u64, u64)> {
+        let out = self
+            .ctl(&COUNT_ARGS)
+            .unwrap_or_else(|e| panic!("list_queues on {}: {e}", self.node));
+        parse_queue_counts(&out).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Whether the node's process is running.
     pub fn is_running(&mut self) -> bool {
         self.child
@@ -305,6 +362,34 @@ impl RabbitNode {
             .args(["-KILL", "--", &format!("-{pid}")])
             .status();
         let _ = child.wait();
+    }
+
+    /// `kill -9` of the node's process group (the Erlang VM with it): no clean
+    /// shutdown, no chance to flush anything. Returns once the port is closed.
+    pub fn kill9(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", child.id())])
+            .status();
+        let _ = child.wait();
+        let closed = poll(Duration::from_secs(10), || {
+            (!port_answers(self.port)).then_some(())
+        });
+        assert!(
+            closed.is_some(),
+            "port {} still answers after kill -9 of the node",
+            self.port
+        );
+    }
+
+    /// Starts a stopped or killed node again on the same ports and data
+    /// directory; returns once its AMQP port answers.
+    pub fn start_again(&mut self) {
+        assert!(!self.is_running(), "node {} is running", self.node);
+        self.child = None;
+        self.boot();
     }
 
     /// Stops the node and starts it again on the same ports and data directory.
@@ -358,5 +443,11 @@ mod tests {
         let m = parse_queue_arguments(v3).unwrap();
         assert_eq!(m["q"]["x-delivery-limit"], 5);
         assert_eq!(m["q"]["x-queue-type"], "quorum");
+    }
+
+    #[test]
+    fn parses_queue_counts() {
+        let out = "Listing queues ...\n[{\"name\":\"q\",\"messages_ready\":3,\"messages_unacknowledged\":1}]";
+        assert_eq!(parse_queue_counts(out).unwrap()["q"], (3, 1));
     }
 }
