@@ -3,6 +3,9 @@
 //! publish session, never interrupted), commands sent after each restart work,
 //! and the tasks Redis forgot are rebuilt from the workers' heartbeats.
 //!
+//! Redis is restarted with SIGKILL (`RedisServer::restart`), the `kill -9` of
+//! issue 9 row 7.
+//!
 //! The lease is 30 s here: a worker that cannot get its heartbeats confirmed for
 //! the lease stops its streams by design (the fence), so "streams go on" holds
 //! for outages shorter than the lease. A broker restart takes ~10 s here.
@@ -66,6 +69,15 @@ fn streams_survive_broker_and_redis_restarts_and_commands_work_after_each() {
             w.summary()
         );
         assert!(fleet.rtmp.is_publishing(t.key()));
+        // Issue 9, row 7: Redis killed (SIGKILL) and back empty made no second
+        // publisher: never two at once in /stat, one session in nginx's log.
+        assert_eq!(w.max_publishers(), 1, "{}", w.summary());
+        assert_eq!(
+            fleet.rtmp.publish_sessions(t.key()),
+            1,
+            "{}",
+            fleet.rtmp.access_log()
+        );
     }
     // A rebuilt task obeys commands: stop it.
     producer.send(&t1.stop());

@@ -30,6 +30,75 @@ pub const BATCH_BYTES: usize = 256 * 1024;
 /// Read errors in a row that are skipped before the item fails.
 const MAX_ERRORS_IN_A_ROW: u32 = 8;
 
+/// The largest step forward between two packets of one stream that is still
+/// timing rather than damage: a crafted or broken file whose next packet is
+/// hours ahead would otherwise hold its task in the pacer's wait forever.
+pub const MAX_TIMESTAMP_STEP_US: i64 = 60_000_000;
+/// How far short of the end its index declares a file may end (an mp4's
+/// sample tables are exact; a file cut short after its `moov` ends early).
+pub const MAX_SHORTFALL_US: i64 = 1_000_000;
+
+/// Damage a file's timing shows while a segment is read: a stream whose
+/// timestamps leap ahead, and a file that ends before the end its own index
+/// declares. Both fail the item as [`Fault::BadMedia`] with what was seen.
+#[derive(Default)]
+pub struct TimingCheck {
+    /// Per track (video, audio): the last DTS and the furthest PTS + duration, µs.
+    last_dts: [Option<i64>; 2],
+    reach: [Option<i64>; 2],
+}
+
+impl TimingCheck {
+    /// One packet of `track` (0 video, 1 audio), times in µs.
+    pub fn packet(&mut self, track: usize, dts: i64, pts: i64, dur: i64) -> Result<(), MediaError> {
+        if let Some(prev) = self.last_dts[track] {
+            if dts.saturating_sub(prev) > MAX_TIMESTAMP_STEP_US {
+                return Err(MediaError::new(
+                    Fault::BadMedia,
+                    format!(
+                        "broken timing: the {} timestamps leap {} s ahead at {:.1} s",
+                        ["video", "audio"][track],
+                        dts.saturating_sub(prev) / 1_000_000,
+                        prev as f64 / 1e6
+                    ),
+                ));
+            }
+        }
+        self.last_dts[track] = Some(dts);
+        let end = pts.saturating_add(dur.max(0));
+        self.reach[track] = Some(self.reach[track].map_or(end, |r| r.max(end)));
+        Ok(())
+    }
+
+    /// At the end of the file: `streams` are (track, stream index) of what is
+    /// played, `from_us` where the segment began, `until_us` where it was to end.
+    pub fn at_end(
+        &self,
+        reader: &ReadAhead,
+        streams: &[(usize, usize)],
+        from_us: i64,
+        until_us: i64,
+    ) -> Result<(), MediaError> {
+        for &(track, idx) in streams {
+            let Some(declared) = reader.declared_end_us.get(idx).copied().flatten() else {
+                continue;
+            };
+            let reached = self.reach[track].unwrap_or(from_us);
+            if until_us >= declared && reached.saturating_add(MAX_SHORTFALL_US) < declared {
+                return Err(MediaError::new(
+                    Fault::BadMedia,
+                    format!(
+                        "cut short: the file ends at {:.1} s, its index declares {:.1} s",
+                        reached as f64 / 1e6,
+                        declared as f64 / 1e6
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// How a batch ended early.
 enum End {
     Eof,
@@ -51,11 +120,31 @@ pub struct ReadAhead {
     /// Set once a batch ended with end-of-file or a failure: nothing is read after it.
     end: Option<End>,
     time_bases: Vec<ff::Rational>,
+    /// Per stream, where its packets end by the container's own index (µs):
+    /// only for mp4/mov, whose sample tables are exact.
+    declared_end_us: Vec<Option<i64>>,
 }
 
 impl ReadAhead {
     pub fn new(input: ff::format::context::Input) -> ReadAhead {
+        let indexed = input.format().name().starts_with("mov");
+        let declared_end_us = input
+            .streams()
+            .map(|s| {
+                let (tb, d, start) = (s.time_base(), s.duration(), s.start_time());
+                let start = if start == ff::ffi::AV_NOPTS_VALUE {
+                    0
+                } else {
+                    start
+                };
+                (indexed && d > 0 && tb.1 > 0).then(|| {
+                    (start.saturating_add(d) as i128 * 1_000_000 * tb.0 as i128 / tb.1 as i128)
+                        as i64
+                })
+            })
+            .collect();
         ReadAhead {
+            declared_end_us,
             time_bases: input.streams().map(|s| s.time_base()).collect(),
             input: Some(input),
             pending: None,
@@ -163,6 +252,29 @@ fn read_batch(mut input: ff::format::context::Input) -> (ff::format::context::In
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timestamp_leap_within_a_stream_is_bad_media() {
+        let mut t = TimingCheck::default();
+        t.packet(0, 0, 0, 40_000).unwrap();
+        t.packet(1, 5_000_000, 5_000_000, 20_000).unwrap();
+        // A minute between two pictures is still timing (a slide show).
+        t.packet(0, MAX_TIMESTAMP_STEP_US, MAX_TIMESTAMP_STEP_US, 40_000)
+            .unwrap();
+        let e = t
+            .packet(0, 3 * MAX_TIMESTAMP_STEP_US, 0, 0)
+            .expect_err("a leap of two minutes");
+        assert_eq!(e.fault, Fault::BadMedia);
+        assert!(
+            e.cause.contains("video timestamps leap 120 s"),
+            "{}",
+            e.cause
+        );
+        assert_eq!(
+            t.reach,
+            [Some(MAX_TIMESTAMP_STEP_US + 40_000), Some(5_020_000)]
+        );
+    }
 
     fn read_all(rt: &tokio::runtime::Runtime, r: &mut ReadAhead) -> Vec<(usize, Option<i64>)> {
         rt.block_on(async {

@@ -6,7 +6,7 @@ use crate::cut::{self, Gate};
 use crate::destination::Destination;
 use crate::error::{Fault, MediaError, WorkerError};
 use crate::event::Event;
-use crate::media::demux::ReadAhead;
+use crate::media::demux::{ReadAhead, TimingCheck};
 use crate::media::transcode::Transcoder;
 use crate::media::{self, OutPacket, SharedParams, StreamSetup};
 use crate::output::{self, Mode, Output};
@@ -320,6 +320,7 @@ impl Task {
         }
         // Where the source was last read (µs): a read failure names it.
         let mut last_pts = seg.start;
+        let mut timing = TimingCheck::default();
         loop {
             self.control_pending()?;
             // Waiting for a read answers control messages too.
@@ -336,7 +337,17 @@ impl Task {
             };
             let packet = match packet {
                 Ok(Some(p)) => p,
-                Ok(None) => break,
+                Ok(None) => {
+                    let played: Vec<(usize, usize)> = [seg.video, seg.audio]
+                        .into_iter()
+                        .enumerate()
+                        .filter_map(|(t, i)| Some((t, i?)))
+                        .collect();
+                    timing
+                        .at_end(reader, &played, seg.start, seg.end)
+                        .map_err(|e| self.seg_err(seg, last_pts, e))?;
+                    break;
+                }
                 Err(e) => return Err(self.seg_err(seg, last_pts, e)),
             };
             let idx = packet.stream();
@@ -348,13 +359,20 @@ impl Task {
                 continue;
             };
             let tb = reader.time_base(idx);
-            let us = |v: i64| v * 1_000_000 * tb.0 as i64 / tb.1 as i64;
+            // In i128 and clamped: a crafted file's timestamps must not overflow.
+            let us = |v: i64| {
+                (v as i128 * 1_000_000 * tb.0 as i128 / (tb.1 as i128).max(1))
+                    .clamp(i64::MIN as i128 / 4, i64::MAX as i128 / 4) as i64
+            };
             let Some(dts) = packet.dts().or(packet.pts()).map(us) else {
                 continue;
             };
             let pts = packet.pts().map(us).unwrap_or(dts);
-            last_pts = pts;
             let dur = us(packet.duration());
+            timing
+                .packet(track as usize, dts, pts, dur)
+                .map_err(|e| self.seg_err(seg, last_pts, e))?;
+            last_pts = pts;
 
             if let Mode::Transcode(t) = &mut o.mode {
                 if dts >= seg.end.saturating_add(1_000_000) {
