@@ -2,8 +2,8 @@
 
 use crate::{poll, unique};
 use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
+    BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -321,6 +321,36 @@ impl Producer {
                 });
             }
             out
+        })
+    }
+
+    /// Takes the next message of `vodfleet.commands` and hands it back
+    /// (`basic.nack` with requeue), as a consumer that crashes while holding it
+    /// would. Returns its `x-delivery-count` header (absent on the first
+    /// delivery: 0), or `None` when the queue is empty.
+    pub fn take_and_return(&self) -> Option<u64> {
+        let ch = &self.ch;
+        self.rt().block_on(async {
+            let got = ch
+                .basic_get(COMMANDS_QUEUE, BasicGetOptions { no_ack: false })
+                .await
+                .unwrap_or_else(|e| panic!("basic.get {COMMANDS_QUEUE}: {e}"))?;
+            let count = got
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("x-delivery-count").map(amqp_text))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            got.delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap_or_else(|e| panic!("basic.nack: {e}"));
+            Some(count)
         })
     }
 

@@ -2,7 +2,7 @@
 //! restarted. Every command the broker confirmed becomes exactly one task;
 //! the producer re-publishes the ones it got no confirm for under the same
 //! message id, and none of them is applied twice. The suite runs 1,000
-//! commands and one kill; `scripts/soak/broker-kill.sh` runs 10,000 and two.
+//! commands and one kill; `scripts/soak/faults.sh broker-kill` runs 10,000 and two.
 //!
 //! The commands start tasks an hour ahead: each is recorded as `scheduled` at
 //! epoch 1 without a stream, so thousands fit on one machine. A command
@@ -202,10 +202,10 @@ fn confirmed_commands_become_one_task_each_across_a_broker_kill() {
     confirmed_commands_survive_kills(1000, 1);
 }
 
-/// `scripts/soak/broker-kill.sh`: `VODFLEET_SOAK_COMMANDS` (10,000) commands,
+/// `scripts/soak/faults.sh broker-kill`: `VODFLEET_SOAK_COMMANDS` (10,000) commands,
 /// `VODFLEET_SOAK_KILLS` (2) kills.
 #[test]
-#[ignore = "soak: scripts/soak/broker-kill.sh"]
+#[ignore = "soak: scripts/soak/faults.sh broker-kill"]
 fn soak_confirmed_commands_across_broker_kills() {
     let env = |k: &str, d: usize| {
         std::env::var(k)

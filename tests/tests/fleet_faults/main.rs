@@ -6,8 +6,8 @@
 //! - `cutoff`: row 5, a worker cut off from RabbitMQ while its media flows.
 //! - `poison`: row 3, a command that fails its handler every time.
 //! - `broker_kill`: row 1, confirmed commands while RabbitMQ is `kill -9`ed
-//!   (a small run here; the 10,000-command run is `scripts/soak/broker-kill.sh`),
-//!   and row 6, RabbitMQ down for 60 s (`scripts/soak/broker-down.sh`).
+//!   (a small run here; the 10,000-command run is `scripts/soak/faults.sh broker-kill`),
+//!   and row 6, RabbitMQ down for 60 s (`scripts/soak/faults.sh broker-down`).
 //! - `malformed`: row 12, media that is not what it claims to be.
 
 mod broker_down;

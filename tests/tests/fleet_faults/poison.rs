@@ -86,3 +86,57 @@ fn a_command_that_fails_its_handler_is_dead_lettered_with_its_reason_after_the_l
     assert_eq!(h["state"], "scheduled", "{h:?}");
     assert_eq!(h["spec"], "{\"not\": json", "{h:?}");
 }
+
+/// The guard for a handler that crashes its process (nothing of ours runs to
+/// dead-letter it): the queue's own delivery limit. With no coordinator
+/// consuming, a consumer takes the command and hands it back, as a crashing
+/// one would, until RabbitMQ dead-letters it with `delivery_limit` as the reason.
+#[test]
+fn a_command_that_crashes_its_consumer_is_dead_lettered_by_the_queue_after_the_limit() {
+    let opts = FleetOptions {
+        coordinators: 1,
+        workers: 0,
+        ..FleetOptions::default()
+    };
+    let mut fleet = Fleet::start(opts);
+    // The coordinator declared the topology; now nobody consumes but us.
+    fleet.coordinators[0].sigkill();
+    let producer = fleet.producer();
+    let media = long_counter();
+    let task = fleet.new_task(&[&media], 1);
+    let id = unique("crasher");
+    producer.send_as(&task.stop(), &id);
+    let mut counts = Vec::new();
+    let emptied = poll(Duration::from_secs(20), || {
+        match producer.take_and_return() {
+            Some(c) => {
+                counts.push(c);
+                None
+            }
+            None if !counts.is_empty() => Some(()),
+            None => None,
+        }
+    });
+    assert!(emptied.is_some(), "still redelivered after {counts:?}");
+    let limit = u64::from(COMMAND_DELIVERY_LIMIT);
+    eprintln!("deliveries before the queue dead-lettered it: {counts:?}");
+    assert_eq!(
+        counts,
+        (0..=limit).collect::<Vec<_>>(),
+        "one delivery per try, no more"
+    );
+    let dead = poll(Duration::from_secs(10), || {
+        producer
+            .dead_letters()
+            .into_iter()
+            .find(|d| d.message_id.as_deref() == Some(id.as_str()))
+    })
+    .expect("dead-lettered by the queue");
+    assert_eq!(
+        dead.headers.get("x-first-death-reason").map(String::as_str),
+        Some("delivery_limit"),
+        "{:?}",
+        dead.headers
+    );
+    assert_eq!(fleet.queue_counts()[COMMANDS_QUEUE], (0, 0));
+}
