@@ -4,7 +4,8 @@
 //! is docs/RELIABILITY.md.
 //!
 //! - `cutoff`: row 5, a worker cut off from RabbitMQ while its media flows.
-//! - `poison`: row 3, a command that fails its handler every time.
+//! - `poison`: row 3, a command that fails its handler every time, and one
+//!   that crashes its consumer.
 //! - `broker_kill`: row 1, confirmed commands while RabbitMQ is `kill -9`ed
 //!   (a small run here; the 10,000-command run is `scripts/soak/faults.sh broker-kill`),
 //!   and row 6, RabbitMQ down for 60 s (`scripts/soak/faults.sh broker-down`).
