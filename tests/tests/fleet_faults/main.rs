@@ -7,8 +7,8 @@
 //! - `poison`: row 3, a command that fails its handler every time, and one
 //!   that crashes its consumer.
 //! - `broker_kill`: row 1, confirmed commands while RabbitMQ is `kill -9`ed
-//!   (a small run here; the 10,000-command run is `scripts/soak/faults.sh broker-kill`),
-//!   and row 6, RabbitMQ down for 60 s (`scripts/soak/faults.sh broker-down`).
+//!   (a small run here; the 10,000-command run is `scripts/soak/faults.sh broker-kill`).
+//! - `broker_down`: row 6, RabbitMQ down for 60 s (`scripts/soak/faults.sh broker-down`).
 //! - `malformed`: row 12, media that is not what it claims to be.
 
 mod broker_down;
