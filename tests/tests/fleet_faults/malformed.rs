@@ -147,9 +147,21 @@ fn malformed_files() -> Vec<(&'static str, String, Expect)> {
     out
 }
 
+/// Removes this run's files from the shared media directory (their names are unique).
+struct Cleanup(Vec<std::path::PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            let _ = fs::remove_file(f);
+        }
+    }
+}
+
 #[test]
 fn malformed_media_fails_its_own_task_and_the_worker_streams_on() {
     let files = malformed_files();
+    let _cleanup = Cleanup(files.iter().map(|(_, f, _)| media_dir().join(f)).collect());
     let opts = FleetOptions {
         workers: 1,
         slots: 16,
