@@ -39,7 +39,7 @@ cargo test --locked -p vodfleet-tests --test fleet_faults -- \
     --ignored --exact --nocapture "broker_$([[ $1 == broker-kill ]] && echo kill || echo down)::$test_name" \
     >"$log" 2>&1 || rc=$?
 # The figures the test printed, then the verdict.
-grep -E '^(kill -9|[0-9]+ commands confirmed|tasks:|broker away|RESULT)' "$log" || true
+grep -E '^(kill -9|[0-9]+ commands confirmed|tasks:|coordinators:|broker away|RESULT)' "$log" || true
 verdict=$([[ $rc == 0 ]] && echo PASS || echo FAIL)
 line="$stamp $commit $1 $verdict ($log)"
 echo "$line" | tee -a "$out/summary.txt"

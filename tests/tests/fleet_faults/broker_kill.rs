@@ -18,12 +18,13 @@ use vodfleet_tests::{poll, unique, Fleet};
 /// Commands in flight at once (published, then their confirms awaited).
 const WINDOW: usize = 100;
 
-/// `vodfleet_commands_total{result="accepted"}` over every coordinator.
-fn accepted(fleet: &Fleet) -> u64 {
+/// `vodfleet_commands_total{result=RESULT}` over every coordinator.
+fn counted(fleet: &Fleet, result: &str) -> u64 {
     let mut n = 0.0;
+    let label = format!("result=\"{result}\"");
     for c in &fleet.coordinators {
         for l in c.metrics().lines() {
-            if l.starts_with("vodfleet_commands_total{") && l.contains("result=\"accepted\"") {
+            if l.starts_with("vodfleet_commands_total{") && l.contains(&label) {
                 n += l
                     .rsplit(' ')
                     .next()
@@ -183,8 +184,13 @@ fn confirmed_commands_survive_kills(n: usize, kills: usize) {
         wrong.len(),
         &wrong[..wrong.len().min(10)]
     );
+    eprintln!(
+        "coordinators: {} applied, {} skipped as applied before (redeliveries, re-publishes)",
+        counted(&fleet, "accepted"),
+        counted(&fleet, "duplicate")
+    );
     assert_eq!(
-        accepted(&fleet),
+        counted(&fleet, "accepted"),
         n as u64,
         "commands counted as applied by the coordinators"
     );
