@@ -48,8 +48,10 @@ if [[ -n ${VF_FUZZ_TOOLCHAIN:-} ]]; then
 elif rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     toolchain=(+nightly)
 else
-    vf_log "no nightly toolchain: using the default one with RUSTC_BOOTSTRAP=1"
     toolchain=()
+fi
+if [[ ${toolchain[*]:-} != +nightly* ]]; then
+    vf_log "not a nightly toolchain: RUSTC_BOOTSTRAP=1 lets it take cargo-fuzz's -Z flags"
     export RUSTC_BOOTSTRAP=1
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
