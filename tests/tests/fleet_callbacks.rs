@@ -190,3 +190,49 @@ fn a_failed_item_is_a_file_failed_warning_and_the_task_goes_on() {
         "the good item played"
     );
 }
+
+/// A task the worker cannot even set up (its cache directory cannot be made)
+/// fails like any other: a `failed` callback naming the reason, and the task
+/// `failed` in the coordinator, not left leased or silent.
+#[test]
+fn a_task_the_worker_cannot_set_up_fails_with_a_callback() {
+    let mut fleet = Fleet::start(FleetOptions {
+        workers: 0,
+        ..FleetOptions::default()
+    });
+    // A regular file where the cache directory should be.
+    let not_a_dir = tempfile::NamedTempFile::new().expect("temp file");
+    let path = not_a_dir.path().to_str().expect("utf-8 path").to_owned();
+    fleet.add_worker_with(&[("VODFLEET_CACHE_DIR", &path)]);
+    let rx = CallbackReceiver::start(vec![], Answer::new(200, "ok"));
+    let producer = fleet.producer();
+    let clip = tagged_counter(4.0, 1);
+    let task = fleet.new_task(&[&clip], 1);
+    producer.send(&seed::with_callback(task.start(0), &rx.url()));
+    let failed = poll(Duration::from_secs(20), || {
+        rx.events().into_iter().find(|e| e["event"] == "failed")
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no `failed` callback within 20 s: {:?}\n{}",
+            rx.events(),
+            fleet.reports()
+        )
+    });
+    let msg = failed.to_string();
+    assert!(
+        msg.contains("cache directory"),
+        "the callback names the reason: {msg}"
+    );
+    let state = poll(Duration::from_secs(10), || {
+        let t = fleet.coordinator().try_task(&task.id).ok().flatten()?;
+        let s = vodfleet_tests::fleet::task_state(&t)?;
+        (s == "failed").then_some(s)
+    });
+    assert_eq!(
+        state.as_deref(),
+        Some("failed"),
+        "the task ends failed\n{}",
+        fleet.reports()
+    );
+}

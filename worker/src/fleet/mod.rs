@@ -320,6 +320,10 @@ impl Fleet {
                 tracing::error!(task.id = %task_id, epoch, error = %e, "cannot start the task");
                 self.leases().release(&task_id, epoch);
                 let key = (task_id, epoch);
+                // The producer hears of it as of any failure: a `failed` event
+                // (its callback), then the result that ends the task.
+                let failed = Callbacks::new().next(EventKind::Failed, None, e.to_string());
+                self.outbox.send(self.event(&key, failed));
                 self.outbox.send(self.finished(
                     &key,
                     resume.unwrap_or_default(),
