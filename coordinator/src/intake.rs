@@ -155,12 +155,7 @@ async fn give_back(ctx: &Ctx, d: &Delivery, code: &str, e: &StoreError, delivere
         return;
     }
     tracing::error!(error = %e, deliveries, "command not applied; returning it to the queue");
-    let _ = d
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..Default::default()
-        })
-        .await;
+    requeue(d).await;
 }
 
 fn timing(ctx: &Ctx, c: Command, now: u64) -> Result<Command, FieldError> {
@@ -558,12 +553,7 @@ async fn dead_letter(ctx: &Ctx, d: &Delivery, reason: &str) -> bool {
         Err(e) => {
             // Could not dead-letter it ourselves: let RabbitMQ's delivery limit do it.
             tracing::warn!(error = %e, "command not dead-lettered; returning it to the queue");
-            let _ = d
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            requeue(d).await;
             false
         }
     }
@@ -593,6 +583,16 @@ async fn ack(d: &Delivery) {
     if let Err(e) = d.ack(BasicAckOptions::default()).await {
         tracing::warn!(error = %e, "ack failed; RabbitMQ will redeliver and the tasks' marks make it a no-op");
     }
+}
+
+/// Returns `d` to the queue (its redelivery counts towards the delivery limit).
+pub async fn requeue(d: &Delivery) {
+    let _ = d
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await;
 }
 
 #[cfg(test)]

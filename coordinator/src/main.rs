@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use vodfleet_bus::lapin::options::{BasicAckOptions, BasicNackOptions};
+use vodfleet_bus::lapin::options::BasicAckOptions;
 use vodfleet_bus::Bus;
 use vodfleet_proto::fleet::{WorkerMessage, COMMANDS_QUEUE, EVENTS_QUEUE};
 
@@ -209,12 +209,7 @@ async fn supervise_bus(ctx: Arc<ctx::Ctx>, cancel: CancellationToken) {
                             }
                             Err(e) => {
                                 tracing::error!(error = %e, "worker message not handled; returning it to the queue");
-                                let _ = d
-                                    .nack(BasicNackOptions {
-                                        requeue: true,
-                                        ..Default::default()
-                                    })
-                                    .await;
+                                intake::requeue(&d).await;
                             }
                         },
                         Err(e) => {
