@@ -3,7 +3,8 @@
 //! `POST /api/cdn/v2/forwardRequest.action` (the seed's path) and
 //! `POST /v1/commands` validate a command and publish it to `vodfleet.commands`,
 //! so HTTP and AMQP producers share one intake path. `GET /v1/tasks[/{id}]`
-//! read Redis. All of these need an HMAC-SHA256 signature (docs in
+//! read Redis. `POST /v1/heartbeats` renews a worker's leases while RabbitMQ
+//! is down (docs/design/fleet.md, "Broker outage"). All of these need an HMAC-SHA256 signature (docs in
 //! `vodfleet_proto::sign`); `/metrics`, `/healthz` and `/readyz` do not.
 
 use crate::ctx::{now_ms, Ctx};
@@ -16,13 +17,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::sync::Arc;
 use vodfleet_proto::command::MAX_BODY_BYTES;
-use vodfleet_proto::fleet::COMMANDS_QUEUE;
+use vodfleet_proto::fleet::{WorkerMessage, COMMANDS_QUEUE};
 use vodfleet_proto::{parse_command, sign, Cmd, FieldError};
 
 pub fn router(ctx: Arc<Ctx>) -> Router {
     Router::new()
         .route("/api/cdn/v2/forwardRequest.action", post(command))
         .route("/v1/commands", post(command))
+        .route("/v1/heartbeats", post(heartbeat))
         .route("/v1/tasks", get(list))
         .route("/v1/tasks/{id}", get(one))
         .route("/metrics", get(metrics))
@@ -165,6 +167,64 @@ async fn command(
         return seed_error(503, "the command queue is unavailable; try again");
     }
     (StatusCode::OK, Json(response(200, "receive task success!"))).into_response()
+}
+
+/// A worker's heartbeat over HTTP, answered with the [`LeaseAck`](vodfleet_proto::fleet::ToWorker::LeaseAck)
+/// RabbitMQ would have carried. Only while this coordinator cannot reach
+/// RabbitMQ either (or came back less than a lease ago): a worker cut off from
+/// a broker that works for everyone else is refused, so it fences its tasks and
+/// they move to a worker the coordinators can reach (docs/RELIABILITY.md, row 5).
+async fn heartbeat(
+    State(ctx): State<Arc<Ctx>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authenticate(&ctx, &method, &uri, &headers, &body).await {
+        ctx.metrics.http_heartbeat("forbidden");
+        return r;
+    }
+    let beat = match serde_json::from_slice::<WorkerMessage>(&body) {
+        Ok(WorkerMessage::Heartbeat {
+            worker_id,
+            seq,
+            sent_ms,
+            tasks,
+            ..
+        }) => (worker_id, seq, sent_ms, tasks),
+        Ok(_) => {
+            ctx.metrics.http_heartbeat("rejected");
+            return seed_error(400, "kind: only \"heartbeat\" messages are taken here");
+        }
+        Err(e) => {
+            ctx.metrics.http_heartbeat("rejected");
+            return seed_error(400, &format!("body: not a heartbeat: {e}"));
+        }
+    };
+    if ctx
+        .bus
+        .up_for()
+        .await
+        .is_some_and(|up| up > ctx.cfg.lease_ttl)
+    {
+        ctx.metrics.http_heartbeat("refused");
+        return seed_error(
+            409,
+            "RabbitMQ is up at this coordinator: heartbeats go through it; a worker that cannot reach it must stop its tasks",
+        );
+    }
+    let (worker_id, seq, sent_ms, tasks) = beat;
+    match crate::lease::renew(&ctx, &worker_id, seq, sent_ms, tasks).await {
+        Ok(ack) => {
+            ctx.metrics.http_heartbeat("renewed");
+            Json(ack).into_response()
+        }
+        Err(e) => {
+            ctx.metrics.http_heartbeat("failed");
+            seed_error(503, &format!("task store unavailable: {e}"))
+        }
+    }
 }
 
 fn field_error(e: &FieldError) -> Response {

@@ -3,27 +3,38 @@
 use crate::callback::Callbacks;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::store::Store;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use crate::store::{Store, StoreError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::RwLock;
 use vodfleet_bus::{Bus, BusError};
 use vodfleet_proto::fleet::{ToWorker, WorkOrder, CONTROL_EXCHANGE, WORK_QUEUE};
 
-/// The current RabbitMQ connection, replaced by the supervisor after a reconnect.
+/// The current RabbitMQ connection, replaced by the supervisor after a reconnect,
+/// and when it came up.
 #[derive(Default)]
-pub struct BusSlot(RwLock<Option<Arc<Bus>>>);
+pub struct BusSlot(RwLock<Option<(Arc<Bus>, Instant)>>);
 
 impl BusSlot {
     pub async fn get(&self) -> Option<Arc<Bus>> {
-        self.0.read().await.clone()
+        self.0.read().await.as_ref().map(|(b, _)| b.clone())
     }
     pub async fn set(&self, bus: Option<Arc<Bus>>) {
-        *self.0.write().await = bus;
+        *self.0.write().await = bus.map(|b| (b, Instant::now()));
+    }
+    /// How long the current connection has been up; `None` while there is none.
+    pub async fn up_for(&self) -> Option<Duration> {
+        self.0
+            .read()
+            .await
+            .as_ref()
+            .filter(|(b, _)| b.is_connected())
+            .map(|(_, since)| since.elapsed())
     }
     /// Takes the connection out (at shutdown, to close it and join its I/O thread).
     pub async fn take(&self) -> Option<Arc<Bus>> {
-        self.0.write().await.take()
+        self.0.write().await.take().map(|(b, _)| b)
     }
 }
 
@@ -33,6 +44,9 @@ pub struct Ctx {
     pub bus: BusSlot,
     pub metrics: Arc<Metrics>,
     pub callbacks: Callbacks,
+    /// Work orders whose publish failed, by task id, offered again as soon as
+    /// RabbitMQ is back ([`Ctx::reoffer_unsent`]) rather than a lease later.
+    pub unsent: Mutex<HashMap<String, WorkOrder>>,
 }
 
 pub fn now_ms() -> u64 {
@@ -51,7 +65,9 @@ impl Ctx {
         self.bus.get().await.ok_or(BusError::Cancelled)
     }
 
-    /// Publishes a work order. If this fails the lease simply expires and is issued again.
+    /// Publishes a work order. If this fails the order is remembered and offered
+    /// again when RabbitMQ is back; failing that (this replica dies) the lease
+    /// expires and any replica issues it again.
     pub async fn publish_order(&self, order: &WorkOrder) {
         // An order not taken within the lease TTL is stale (the lease was issued again
         // meanwhile): RabbitMQ drops it, so no worker can start an outdated epoch.
@@ -67,9 +83,55 @@ impl Ctx {
             }
             Err(e) => {
                 self.metrics.dependency_error(crate::metrics::RABBITMQ);
-                tracing::warn!(task.id = %order.task_id, epoch = order.epoch, error = %e, "work order not published; the lease will expire and be issued again")
+                self.unsent_orders()
+                    .insert(order.task_id.clone(), order.clone());
+                tracing::warn!(task.id = %order.task_id, epoch = order.epoch, error = %e, "work order not published; offered again when RabbitMQ is back")
             }
         }
+    }
+
+    fn unsent_orders(&self) -> std::sync::MutexGuard<'_, HashMap<String, WorkOrder>> {
+        self.unsent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Offers again, with a fresh lease, every order whose publish failed while
+    /// no worker has taken its epoch since (docs/design/fleet.md, "Broker outage").
+    pub async fn reoffer_unsent(&self) -> Result<usize, StoreError> {
+        let orders: Vec<WorkOrder> = self.unsent_orders().drain().map(|(_, o)| o).collect();
+        let mut sent = 0;
+        for (n, order) in orders.iter().enumerate() {
+            let now = now_ms();
+            let ttl = self.ttl_ms();
+            match self
+                .store
+                .reoffer(&order.task_id, order.epoch, now, ttl)
+                .await
+            {
+                Ok(Some(i)) => {
+                    sent += 1;
+                    self.metrics.orders_reoffered.inc();
+                    // Where it resumes stays as first ordered; the spec is the current one.
+                    self.publish_order(&WorkOrder {
+                        spec: i.spec,
+                        callback_url: i.callback,
+                        issued_ms: now,
+                        ..order.clone()
+                    })
+                    .await;
+                }
+                Ok(None) => {} // taken meanwhile, or the task moved on
+                Err(e) => {
+                    // Keep the rest for the next reconnect (or the lease's expiry).
+                    let mut unsent = self.unsent_orders();
+                    for o in &orders[n..] {
+                        // A newer order failed meanwhile: it wins.
+                        unsent.entry(o.task_id.clone()).or_insert_with(|| o.clone());
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(sent)
     }
 
     /// Sends a control message to one worker (best effort: fencing covers a lost one).

@@ -7,7 +7,7 @@ use crate::ctx::{now_ms, Ctx};
 use crate::store::{Release, Renewal, StoreError, TaskRecord};
 use futures_util::StreamExt;
 use std::time::Duration;
-use vodfleet_proto::fleet::{EventKind, ToWorker, WorkOrder, WorkerMessage};
+use vodfleet_proto::fleet::{EventKind, TaskBeat, ToWorker, WorkOrder, WorkerMessage};
 use vodfleet_proto::{Cmd, Position};
 
 /// Renewals of one heartbeat sent to Redis at once.
@@ -25,53 +25,8 @@ pub async fn handle(ctx: &Ctx, msg: WorkerMessage) -> Result<(), StoreError> {
             tasks,
             ..
         } => {
-            ctx.metrics.heartbeats.inc();
-            ctx.metrics
-                .heartbeat_age
-                .set(now.saturating_sub(sent_ms) as f64 / 1000.0);
-            let (mut renewed, mut revoked, mut unknown) = (Vec::new(), Vec::new(), Vec::new());
-            // The renewals of one heartbeat go out together, pipelined on the
-            // multiplexed connection: a worker with a thousand streams is
-            // answered in a few round trips, not a thousand, and its leases are
-            // renewed in time even when this machine is busy.
-            let worker = worker_id.as_str();
-            let mut results = futures_util::stream::iter(tasks)
-                .map(|t| async move {
-                    let r = ctx
-                        .store
-                        .renew(
-                            &t.task_id,
-                            t.epoch,
-                            worker,
-                            now,
-                            ttl,
-                            &t.position,
-                            &t.destinations,
-                        )
-                        .await;
-                    (t, r)
-                })
-                .buffer_unordered(RENEWALS_IN_FLIGHT);
-            while let Some((t, r)) = results.next().await {
-                match r? {
-                    Renewal::Renewed => renewed.push((t.task_id, t.epoch)),
-                    Renewal::Revoked => revoked.push((t.task_id, t.epoch)),
-                    Renewal::Unknown => unknown.push((t.task_id, t.epoch)),
-                }
-            }
-            if !revoked.is_empty() {
-                tracing::info!(worker.id = %worker_id, ?revoked, "leases revoked");
-            }
-            ctx.tell(
-                &worker_id,
-                &ToWorker::LeaseAck {
-                    seq,
-                    renewed,
-                    revoked,
-                    unknown,
-                },
-            )
-            .await;
+            let ack = renew(ctx, &worker_id, seq, sent_ms, tasks).await?;
+            ctx.tell(&worker_id, &ack).await;
         }
         WorkerMessage::Released {
             worker_id,
@@ -205,6 +160,62 @@ pub async fn handle(ctx: &Ctx, msg: WorkerMessage) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// Renews the leases one heartbeat lists and says how in a
+/// [`ToWorker::LeaseAck`]; the heartbeat came over RabbitMQ or, while a
+/// worker's link is down, over HTTP ([`crate::api`]).
+pub async fn renew(
+    ctx: &Ctx,
+    worker_id: &str,
+    seq: u64,
+    sent_ms: u64,
+    tasks: Vec<TaskBeat>,
+) -> Result<ToWorker, StoreError> {
+    let now = now_ms();
+    let ttl = ctx.ttl_ms();
+    ctx.metrics.heartbeats.inc();
+    ctx.metrics
+        .heartbeat_age
+        .set(now.saturating_sub(sent_ms) as f64 / 1000.0);
+    let (mut renewed, mut revoked, mut unknown) = (Vec::new(), Vec::new(), Vec::new());
+    // The renewals of one heartbeat go out together, pipelined on the
+    // multiplexed connection: a worker with a thousand streams is answered in
+    // a few round trips, not a thousand, and its leases are renewed in time
+    // even when this machine is busy.
+    let mut results = futures_util::stream::iter(tasks)
+        .map(|t| async move {
+            let r = ctx
+                .store
+                .renew(
+                    &t.task_id,
+                    t.epoch,
+                    worker_id,
+                    now,
+                    ttl,
+                    &t.position,
+                    &t.destinations,
+                )
+                .await;
+            (t, r)
+        })
+        .buffer_unordered(RENEWALS_IN_FLIGHT);
+    while let Some((t, r)) = results.next().await {
+        match r? {
+            Renewal::Renewed => renewed.push((t.task_id, t.epoch)),
+            Renewal::Revoked => revoked.push((t.task_id, t.epoch)),
+            Renewal::Unknown => unknown.push((t.task_id, t.epoch)),
+        }
+    }
+    if !revoked.is_empty() {
+        tracing::info!(worker.id = %worker_id, ?revoked, "leases revoked");
+    }
+    Ok(ToWorker::LeaseAck {
+        seq,
+        renewed,
+        revoked,
+        unknown,
+    })
 }
 
 /// Every `period`: issue what is due. Runs on every replica; the per-task

@@ -53,9 +53,10 @@ async fn main() -> anyhow::Result<()> {
         bus: ctx::BusSlot::default(),
         metrics,
         callbacks,
+        unsent: Default::default(),
     });
 
-    tracker.spawn(supervise_bus(ctx.clone(), cancel.clone()));
+    tracker.spawn(supervise_bus(ctx.clone(), tracker.clone(), cancel.clone()));
     tracker.spawn(every(Duration::from_millis(250), cancel.clone(), {
         let ctx = ctx.clone();
         move || {
@@ -147,7 +148,7 @@ async fn connect_store(
 
 /// Keeps a RabbitMQ connection: consumes commands and worker events, and
 /// reconnects (redeclaring the topology) whenever the connection is lost.
-async fn supervise_bus(ctx: Arc<ctx::Ctx>, cancel: CancellationToken) {
+async fn supervise_bus(ctx: Arc<ctx::Ctx>, tracker: TaskTracker, cancel: CancellationToken) {
     loop {
         let Ok(bus) =
             Bus::connect_with_retry(&ctx.cfg.amqp_url, "vodfleet-coordinator", &cancel).await
@@ -158,6 +159,17 @@ async fn supervise_bus(ctx: Arc<ctx::Ctx>, cancel: CancellationToken) {
         ctx.bus.set(Some(bus.clone())).await;
         ctx.metrics.dependency(RABBITMQ, true);
         tracing::info!("connected to RabbitMQ; topology declared");
+        // Orders that could not go out while the broker was away go out now.
+        tracker.spawn({
+            let ctx = ctx.clone();
+            async move {
+                match ctx.reoffer_unsent().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(orders = n, "orders not published during the outage offered again"),
+                    Err(e) => tracing::warn!(error = %e, "orders not published during the outage: offering them again failed; their leases will expire and be issued again"),
+                }
+            }
+        });
         let consumers = async {
             let (_c1, mut commands) = bus
                 .consume(COMMANDS_QUEUE, "coordinator-commands", 16)

@@ -11,6 +11,10 @@ use std::time::Instant;
 pub const REDIS: &str = "redis";
 pub const RABBITMQ: &str = "rabbitmq";
 
+/// What `vodfleet_http_heartbeats_total` is labelled with.
+pub const HTTP_HEARTBEAT_OUTCOMES: [&str; 5] =
+    ["renewed", "refused", "rejected", "forbidden", "failed"];
+
 /// `vodfleet_command_intake_seconds` buckets: 1 ms to 10 s.
 const INTAKE_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -33,10 +37,15 @@ pub struct Metrics {
     pub leases_expired: IntCounter,
     /// Orders no worker took within the lease, offered again under the same epoch.
     pub orders_unclaimed: IntCounter,
+    /// Orders that could not be published (RabbitMQ down), offered again once it was back.
+    pub orders_reoffered: IntCounter,
     pub failovers: IntCounter,
     /// Age of the newest heartbeat handled, in seconds (how stale the fleet's view is).
     pub heartbeat_age: Gauge,
     pub heartbeats: IntCounter,
+    /// Heartbeats that came over HTTP (RabbitMQ down), by `outcome`
+    /// (renewed, refused, rejected, forbidden, failed).
+    pub http_heartbeats: IntCounterVec,
     pub callbacks_sent: IntCounter,
     pub callbacks_failed: IntCounter,
 }
@@ -121,6 +130,20 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("unique metric");
+        let http_heartbeats = IntCounterVec::new(
+            Opts::new(
+                "vodfleet_http_heartbeats_total",
+                "Worker heartbeats that came over HTTP while RabbitMQ was down, by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(http_heartbeats.clone()))
+            .expect("unique metric");
+        for outcome in HTTP_HEARTBEAT_OUTCOMES {
+            http_heartbeats.with_label_values(&[outcome]);
+        }
         let tasks = IntGaugeVec::new(Opts::new("vodfleet_tasks", "Tasks by state"), &["state"])
             .expect("valid metric");
         registry
@@ -152,6 +175,10 @@ impl Metrics {
                 "vodfleet_orders_unclaimed_total",
                 "Work orders no worker took within the lease TTL (the fleet was full), offered again under the same epoch",
             ),
+            orders_reoffered: counter(
+                "vodfleet_orders_reoffered_total",
+                "Work orders that could not be published while RabbitMQ was down, offered again once it was back",
+            ),
             leases_expired: counter(
                 "vodfleet_leases_expired_total",
                 "Leases that expired without a heartbeat",
@@ -162,6 +189,7 @@ impl Metrics {
             ),
             heartbeat_age,
             heartbeats: counter("vodfleet_heartbeats_total", "Worker heartbeats handled"),
+            http_heartbeats,
             callbacks_sent: counter(
                 "vodfleet_callbacks_sent_total",
                 "Callbacks delivered (2xx with a body)",
@@ -179,6 +207,11 @@ impl Metrics {
         self.command_intake
             .with_label_values(&[cmd, result])
             .observe(since.elapsed().as_secs_f64());
+    }
+
+    /// One heartbeat over HTTP, and what came of it (one of [`HTTP_HEARTBEAT_OUTCOMES`]).
+    pub fn http_heartbeat(&self, outcome: &str) {
+        self.http_heartbeats.with_label_values(&[outcome]).inc();
     }
 
     /// Whether `dependency` answered; a failure counts as an error.

@@ -372,6 +372,44 @@ async fn an_unclaimed_order_is_offered_again_under_the_same_epoch() {
     assert_eq!((failover.epoch, failover.was.as_str()), (2, "running"));
 }
 
+/// An order whose publish failed (the broker was down) is offered again as
+/// soon as the broker is back: same epoch, a fresh lease, and only while no
+/// worker holds that epoch and the task has not moved on.
+#[tokio::test]
+async fn an_order_not_published_is_reoffered_with_a_fresh_lease_while_nobody_holds_it() {
+    let r = Redis::start();
+    let s = Store::connect(&r.url()).await.unwrap();
+    let t = spec("t1");
+    s.start(&t, None, 1_000, TTL, false, None, "m1")
+        .await
+        .unwrap();
+    let lease = |s: &Store| {
+        let s = s.clone();
+        async move { s.deadlines("t1").await.unwrap().unwrap().lease_until }
+    };
+    assert_eq!(lease(&s).await, 5_000);
+    assert!(
+        s.reoffer("t1", 2, 2_000, TTL).await.unwrap().is_none(),
+        "an epoch the task does not have"
+    );
+    let again = s.reoffer("t1", 1, 2_000, TTL).await.unwrap().unwrap();
+    assert_eq!((again.epoch, again.was.as_str()), (1, "reoffered"));
+    assert_eq!(again.spec.id, "t1");
+    assert_eq!(lease(&s).await, 6_000, "a fresh lease from now");
+    let live = [DestinationState::Live];
+    assert_eq!(
+        s.renew("t1", 1, "w1", 2_100, TTL, &pos(0), &live)
+            .await
+            .unwrap(),
+        Renewal::Renewed
+    );
+    assert!(
+        s.reoffer("t1", 1, 2_200, TTL).await.unwrap().is_none(),
+        "a worker holds the epoch now"
+    );
+    assert_eq!(lease(&s).await, 6_100, "its lease untouched");
+}
+
 /// A command's mark is written by the same script that applies it: once a
 /// transition happened, the task says which command made it, so a redelivery
 /// after a coordinator died before its ack is recognised.

@@ -67,6 +67,45 @@ pub fn verify(secret: &[u8], r: &Signed, given: &str) -> bool {
     mac(secret, r).verify_slice(&raw).is_ok()
 }
 
+/// One API key: its id and its secret (the secret never printed).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Sent in `x-vodfleet-key-id`.
+    pub id: String,
+    /// The HMAC key.
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKey({:?}, <secret>)", self.id)
+    }
+}
+
+/// The four headers that sign a request (`timestamp` in Unix seconds, a fresh nonce).
+pub fn signed_headers(
+    key: &ApiKey,
+    method: &str,
+    path: &str,
+    timestamp: u64,
+    body: &[u8],
+) -> [(&'static str, String); 4] {
+    let nonce = nonce();
+    let req = Signed {
+        method,
+        path,
+        timestamp,
+        nonce: &nonce,
+        body,
+    };
+    [
+        (KEY_ID_HEADER, key.id.clone()),
+        (TIMESTAMP_HEADER, timestamp.to_string()),
+        (SIGNATURE_HEADER, signature(&key.secret, &req)),
+        (NONCE_HEADER, nonce),
+    ]
+}
+
 /// The four signature headers of a request, as received.
 #[derive(Debug, Clone, Copy)]
 pub struct Presented<'a> {

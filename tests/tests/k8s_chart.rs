@@ -176,6 +176,16 @@ fn the_chart_lints_renders_and_validates_in_every_autoscaling_mode() {
     // Grace above the drain (20 s by default), readiness on /readyz, security.
     assert!(w.contains("terminationGracePeriodSeconds: 30"), "{w}");
     assert!(w.contains("value: \"20000\"") && w.contains("name: VODFLEET_DRAIN_TIMEOUT_MS"));
+    // Heartbeats over the coordinator Service while RabbitMQ is away, signed
+    // with the Secret's worker key (the first API key).
+    assert!(
+        w.contains("name: VODFLEET_COORDINATOR_URL\n              value: \"http://rel-vodfleet-coordinator:8080\""),
+        "{w}"
+    );
+    assert!(
+        w.contains("name: VODFLEET_API_KEY\n") && w.contains("key: worker-api-key"),
+        "{w}"
+    );
     for must in [
         "path: /readyz",
         "path: /healthz",

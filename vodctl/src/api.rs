@@ -7,41 +7,9 @@ use std::time::Duration;
 use vodfleet_proto::sign;
 
 /// The first key of `VODFLEET_API_KEYS`.
-#[derive(Clone)]
-pub struct Key {
-    pub id: String,
-    pub secret: Vec<u8>,
-}
+pub type Key = sign::ApiKey;
 
-impl std::fmt::Debug for Key {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Key({:?}, <secret>)", self.id)
-    }
-}
-
-/// The four headers of a signed request.
-pub fn signed_headers(
-    key: &Key,
-    method: &str,
-    path: &str,
-    timestamp: u64,
-    body: &[u8],
-) -> [(&'static str, String); 4] {
-    let nonce = sign::nonce();
-    let req = sign::Signed {
-        method,
-        path,
-        timestamp,
-        nonce: &nonce,
-        body,
-    };
-    [
-        (sign::KEY_ID_HEADER, key.id.clone()),
-        (sign::TIMESTAMP_HEADER, timestamp.to_string()),
-        (sign::SIGNATURE_HEADER, sign::signature(&key.secret, &req)),
-        (sign::NONCE_HEADER, nonce),
-    ]
-}
+pub use sign::signed_headers;
 
 /// What an API call came back with: the HTTP status and the body.
 #[derive(Debug)]

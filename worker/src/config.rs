@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 use vodfleet_engine::config::num;
+use vodfleet_proto::sign::ApiKey;
 
 /// Fleet mode (`vodfleet-worker run`): the variables of docs/design/fleet.md.
 #[derive(Debug, Clone)]
@@ -27,6 +28,15 @@ pub struct FleetConfig {
     /// `VODFLEET_WORKER_START_RATE`: tasks started per second at most (bursts of
     /// up to as many at once), so a flood of orders does not swamp the engine.
     pub start_rate: u32,
+    /// `VODFLEET_COORDINATOR_URL`: the coordinators' HTTP API, one or more
+    /// comma-separated base URLs (in Kubernetes, the coordinator Service).
+    /// While RabbitMQ is unreachable, heartbeats go there, so a broker outage
+    /// longer than the lease does not stop the streams (docs/design/fleet.md,
+    /// "Broker outage"). Empty: no second path.
+    pub coordinator_urls: Vec<reqwest::Url>,
+    /// `VODFLEET_API_KEY`: `id:secret`, one of the coordinators'
+    /// `VODFLEET_API_KEYS`; signs those heartbeats. Required with a coordinator URL.
+    pub api_key: Option<ApiKey>,
 }
 
 /// A worker stops a task this long before its lease could expire at the coordinator.
@@ -56,7 +66,15 @@ impl FleetConfig {
             http_addr: http.trim().parse().map_err(|_| {
                 format!("VODFLEET_HTTP_ADDR={http:?} is not an address like 127.0.0.1:9101")
             })?,
+            coordinator_urls: coordinator_urls(get("VODFLEET_COORDINATOR_URL").as_deref())?,
+            api_key: match get("VODFLEET_API_KEY") {
+                None => None,
+                Some(v) => Some(api_key(&v)?),
+            },
         };
+        if !c.coordinator_urls.is_empty() && c.api_key.is_none() {
+            return Err("VODFLEET_COORDINATOR_URL needs VODFLEET_API_KEY (id:secret, one of the coordinators' VODFLEET_API_KEYS) to sign heartbeats".into());
+        }
         if c.worker_id.is_empty() || c.worker_id.len() > 200 {
             return Err("VODFLEET_WORKER_ID must be 1 to 200 characters".into());
         }
@@ -73,6 +91,31 @@ impl FleetConfig {
             ));
         }
         Ok(c)
+    }
+}
+
+/// `http(s)://host[:port]` base URLs, comma-separated; none when unset or blank.
+fn coordinator_urls(v: Option<&str>) -> Result<Vec<reqwest::Url>, String> {
+    let Some(v) = v else { return Ok(Vec::new()) };
+    v.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| match reqwest::Url::parse(u) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(url),
+            _ => Err(format!(
+                "VODFLEET_COORDINATOR_URL: {:?} is not an http(s) URL like http://vodfleet-coordinator:8080",
+                vodfleet_proto::redact::source(u)
+            )),
+        })
+        .collect()
+}
+
+fn api_key(v: &str) -> Result<ApiKey, String> {
+    let mut keys =
+        vodfleet_proto::sign::parse_keys(v).map_err(|e| format!("VODFLEET_API_KEY: {e}"))?;
+    match (keys.pop(), keys.is_empty()) {
+        (Some((id, secret)), true) => Ok(ApiKey { id, secret }),
+        _ => Err("VODFLEET_API_KEY: one key, id:secret".into()),
     }
 }
 
@@ -100,6 +143,30 @@ mod tests {
         assert_eq!(c.drain_timeout, Duration::from_secs(20));
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:9101");
         assert!(c.worker_id.ends_with(&format!("-{}", std::process::id())));
+        assert!(c.coordinator_urls.is_empty() && c.api_key.is_none());
+    }
+
+    #[test]
+    fn coordinator_urls_need_a_key_and_an_http_scheme() {
+        let with = |url: &'static str, key: Option<&'static str>| {
+            FleetConfig::from_lookup(move |k| match k {
+                "VODFLEET_COORDINATOR_URL" => Some(url.into()),
+                "VODFLEET_API_KEY" => key.map(Into::into),
+                _ => None,
+            })
+        };
+        let c = with("http://a:8080, https://b", Some("k1:0123456789abcdef")).unwrap();
+        assert_eq!(c.coordinator_urls.len(), 2);
+        assert_eq!(c.api_key.unwrap().id, "k1");
+        let e = with("http://a:8080", None).unwrap_err();
+        assert!(e.contains("VODFLEET_API_KEY"), "{e}");
+        let e = with("ftp://user:pw@a", Some("k1:0123456789abcdef")).unwrap_err();
+        assert!(
+            e.contains("VODFLEET_COORDINATOR_URL") && !e.contains("pw"),
+            "{e}"
+        );
+        let e = with("http://a", Some("k1:0123456789abcdef,k2:0123456789abcdef")).unwrap_err();
+        assert!(e.contains("one key"), "{e}");
     }
 
     #[test]

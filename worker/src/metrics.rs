@@ -11,6 +11,10 @@ pub struct FleetMetrics {
     pub free_slots: IntGauge,
     /// `vodfleet_worker_heartbeats_total`
     pub heartbeats: IntCounter,
+    /// `vodfleet_worker_http_heartbeats_total`: heartbeats sent over the
+    /// coordinators' HTTP API while RabbitMQ was away, by `outcome`
+    /// (`renewed`, `refused`, `failed`).
+    pub http_heartbeats: IntCounterVec,
     /// By `reason`: `expired` (no renewal within the lease TTL) or `revoked`.
     pub fenced: IntCounterVec,
     /// `vodfleet_worker_shed_total`: tasks released because the worker was overloaded.
@@ -62,6 +66,16 @@ pub fn get() -> &'static FleetMetrics {
                 IntCounter::new(
                     "vodfleet_worker_heartbeats_total",
                     "Heartbeats published (confirmed by RabbitMQ).",
+                )
+                .expect("valid metric"),
+            ),
+            http_heartbeats: register(
+                IntCounterVec::new(
+                    Opts::new(
+                        "vodfleet_worker_http_heartbeats_total",
+                        "Heartbeats sent over the coordinators' HTTP API while RabbitMQ was away, by outcome.",
+                    ),
+                    &["outcome"],
                 )
                 .expect("valid metric"),
             ),
@@ -124,6 +138,9 @@ pub fn get() -> &'static FleetMetrics {
         // Both reasons are listed from the start, at 0.
         for reason in ["expired", "revoked"] {
             m.fenced.with_label_values(&[reason]);
+        }
+        for outcome in ["renewed", "refused", "failed"] {
+            m.http_heartbeats.with_label_values(&[outcome]);
         }
         m
     })

@@ -38,14 +38,19 @@ return {old_worker, old_epoch, e}
 script!(
     ISSUE,
     r#"
--- KEYS[1] task. ARGV: now, ttl, mode ('due' | 'expired')
+-- KEYS[1] task. ARGV: now, ttl, mode ('due' | 'expired' | 'reoffer'), epoch (reoffer)
 local st = redis.call('HGET', KEYS[1], 'state')
 if not st then return false end
 local now = tonumber(ARGV[1])
+local unheld = st == 'leased' and (redis.call('HGET', KEYS[1], 'worker') or '') == ''
 if ARGV[3] == 'due' then
   if st ~= 'scheduled' or tonumber(redis.call('HGET', KEYS[1], 'start_ms') or '0') > now then return false end
 elseif ARGV[3] == 'expired' then
   if (st ~= 'leased' and st ~= 'running') or tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0') > now then return false end
+elseif ARGV[3] == 'reoffer' then
+  -- An order that could not be published (the broker was down): offered again,
+  -- with a fresh lease, while no worker holds its epoch.
+  if not unheld or tonumber(redis.call('HGET', KEYS[1], 'epoch')) ~= tonumber(ARGV[4]) then return false end
 else
   return false
 end
@@ -54,7 +59,10 @@ end
 -- after all, the first to report the epoch holds it (RENEW). Epochs only grow
 -- when a run may have existed, so a fleet that is full does not climb them.
 local e
-if ARGV[3] == 'expired' and st == 'leased' and (redis.call('HGET', KEYS[1], 'worker') or '') == '' then
+if ARGV[3] == 'reoffer' then
+  e = tonumber(ARGV[4])
+  st = 'reoffered'
+elseif ARGV[3] == 'expired' and unheld then
   e = tonumber(redis.call('HGET', KEYS[1], 'epoch'))
   st = 'unclaimed'
 else

@@ -25,7 +25,7 @@ pub struct Issued {
     pub callback: Option<String>,
     /// The state the task was in (`scheduled`, `leased`, `running`), or
     /// `unclaimed`: its order was not taken by any worker within the lease, and
-    /// it is offered again under the same epoch.
+    /// it is offered again under the same epoch; `reoffered`: see [`Store::reoffer`].
     pub was: String,
 }
 
@@ -93,12 +93,36 @@ impl Store {
 
     /// Issues a lease if the task is due (`mode` "due") or its lease expired ("expired").
     pub async fn issue(&self, id: &str, now: u64, ttl: u64, mode: &str) -> Result<Option<Issued>> {
+        self.issue_as(id, now, ttl, mode, 0).await
+    }
+
+    /// Offers the order of `epoch` again with a fresh lease (its publish failed),
+    /// unless a worker holds that epoch or the task moved on. `was` is `reoffered`.
+    pub async fn reoffer(
+        &self,
+        id: &str,
+        epoch: u64,
+        now: u64,
+        ttl: u64,
+    ) -> Result<Option<Issued>> {
+        self.issue_as(id, now, ttl, "reoffer", epoch).await
+    }
+
+    async fn issue_as(
+        &self,
+        id: &str,
+        now: u64,
+        ttl: u64,
+        mode: &str,
+        epoch: u64,
+    ) -> Result<Option<Issued>> {
         let mut c = self.conn.clone();
         let r: Option<(u64, String, String, String, String)> = ISSUE
             .key(keys::task(id))
             .arg(now)
             .arg(ttl)
             .arg(mode)
+            .arg(epoch)
             .invoke_async(&mut c)
             .await?;
         let Some((epoch, spec, position, callback, was)) = r else {

@@ -68,6 +68,11 @@ impl Coordinator {
         }
     }
 
+    /// The API's base URL (`http://127.0.0.1:PORT`).
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
     pub fn key(&self) -> (&str, &str) {
         (&self.key_id, &self.secret)
     }

@@ -213,23 +213,14 @@ pub fn signed_headers_at(
     ts: u64,
     body: &[u8],
 ) -> Vec<(String, String)> {
-    let nonce = sign::nonce();
-    let req = sign::Signed {
-        method,
-        path,
-        timestamp: ts,
-        nonce: &nonce,
-        body,
+    let key = sign::ApiKey {
+        id: key_id.into(),
+        secret: secret.as_bytes().to_vec(),
     };
-    vec![
-        (sign::KEY_ID_HEADER.into(), key_id.into()),
-        (sign::TIMESTAMP_HEADER.into(), ts.to_string()),
-        (sign::NONCE_HEADER.into(), nonce.clone()),
-        (
-            sign::SIGNATURE_HEADER.into(),
-            sign::signature(secret.as_bytes(), &req),
-        ),
-    ]
+    sign::signed_headers(&key, method, path, ts, body)
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
 }
 
 /// Checks the signature headers of a signed message (a callback) against `keys`

@@ -317,8 +317,18 @@ impl Fleet {
         e
     }
 
+    /// A worker's: its slots, and the coordinators' API for heartbeats while
+    /// RabbitMQ is away, as the Helm chart sets them.
     pub fn worker_env(&self) -> Vec<(String, String)> {
         let mut e = vec![("VODFLEET_WORKER_SLOTS".into(), self.opts.slots.to_string())];
+        if !self.coordinators.is_empty() {
+            let urls: Vec<String> = self.coordinators.iter().map(|c| c.base_url()).collect();
+            e.push(("VODFLEET_COORDINATOR_URL".into(), urls.join(",")));
+            e.push((
+                "VODFLEET_API_KEY".into(),
+                format!("{}:{}", API_KEY.0, API_KEY.1),
+            ));
+        }
         e.extend(self.common_env());
         e
     }

@@ -8,11 +8,13 @@
 //!   that crashes its consumer.
 //! - `broker_kill`: row 1, confirmed commands while RabbitMQ is `kill -9`ed
 //!   (a small run here; the 10,000-command run is `scripts/soak/faults.sh broker-kill`).
-//! - `broker_down`: row 6, RabbitMQ down for 60 s (`scripts/soak/faults.sh broker-down`).
+//! - `broker_outage`: row 6, RabbitMQ away for more than two leases; and
+//!   `broker_down`, the 60 s run (`scripts/soak/faults.sh broker-down`).
 //! - `malformed`: row 12, media that is not what it claims to be.
 
 mod broker_down;
 mod broker_kill;
+mod broker_outage;
 mod cutoff;
 mod malformed;
 mod poison;

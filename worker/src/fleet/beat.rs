@@ -15,32 +15,73 @@ use vodfleet_proto::fleet::{DestinationState, TaskBeat, WorkerMessage};
 
 impl Fleet {
     /// One heartbeat per interval (and one at once when the task set changes or
-    /// the link comes back), while connected.
+    /// the link comes back): over RabbitMQ, or over HTTP ([`lifeline`](super::lifeline)) while
+    /// the link is down or its heartbeats go unanswered.
     pub(super) async fn heartbeat(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.cfg.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The last HTTP outcome, so that a change is logged once, not every beat.
+        let mut last_http: Option<&'static str> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = self.beat_now.notified() => {}
                 _ = self.shutdown.cancelled() => return,
             }
-            let Some(bus) = self.connected() else {
+            let bus = self.connected();
+            if bus.is_none() && self.lifeline.is_none() {
                 continue;
-            };
+            }
             let seq = self.beat_seq.fetch_add(1, Ordering::Relaxed) + 1;
             let beat = self.beat(seq);
-            self.leases().beat_sent(seq, Instant::now());
-            let sent = tokio::time::timeout(
-                self.cfg.heartbeat,
-                bus.publish_json("", link::EVENTS, &beat),
-            )
-            .await;
-            match sent {
-                Ok(Ok(())) => metrics::get().heartbeats.inc(),
-                Ok(Err(e)) => tracing::warn!(seq, error = %e, "heartbeat not published"),
-                Err(_) => tracing::warn!(seq, "heartbeat not confirmed in time"),
+            let sent_at = Instant::now();
+            self.leases().beat_sent(seq, sent_at);
+            let mut published = false;
+            if let Some(bus) = bus {
+                let sent = tokio::time::timeout(
+                    self.cfg.heartbeat,
+                    bus.publish_json("", link::EVENTS, &beat),
+                )
+                .await;
+                match sent {
+                    Ok(Ok(())) => {
+                        metrics::get().heartbeats.inc();
+                        published = true;
+                    }
+                    Ok(Err(e)) => tracing::warn!(seq, error = %e, "heartbeat not published"),
+                    Err(_) => tracing::warn!(seq, "heartbeat not confirmed in time"),
+                }
             }
+            // Published, but answers stopped coming for more than two beats:
+            // the coordinators may have lost the broker while we still have it.
+            let unanswered = self.leases().unanswered_for(sent_at) > self.cfg.heartbeat * 2;
+            let Some(lifeline) = self.lifeline.as_ref().filter(|_| !published || unanswered) else {
+                last_http = None;
+                continue;
+            };
+            let outcome = match lifeline.beat(&beat).await {
+                Ok(ack) => {
+                    self.on_control(ack);
+                    if last_http != Some("renewed") {
+                        tracing::warn!(
+                            seq,
+                            "RabbitMQ unreachable: leases renewed over the coordinators' HTTP API"
+                        );
+                    }
+                    "renewed"
+                }
+                Err(e) => {
+                    if last_http != Some(e.outcome()) {
+                        tracing::warn!(seq, error = %e, "heartbeat over HTTP renewed nothing: tasks stop at their fence unless RabbitMQ comes back");
+                    }
+                    e.outcome()
+                }
+            };
+            metrics::get()
+                .http_heartbeats
+                .with_label_values(&[outcome])
+                .inc();
+            last_http = Some(outcome);
         }
     }
 

@@ -27,6 +27,9 @@ pub struct Leases {
     start_within: Duration,
     /// Recent heartbeats: `seq` and when it was sent.
     sent: VecDeque<(u64, Instant)>,
+    /// When the newest heartbeat that got an answer was sent (at first: when
+    /// this bookkeeping began).
+    answered: Instant,
     tasks: HashMap<String, Lease>,
 }
 
@@ -51,6 +54,7 @@ impl Leases {
             valid_for: ttl.saturating_sub(margin),
             start_within: heartbeat,
             sent: VecDeque::new(),
+            answered: Instant::now(),
             tasks: HashMap::new(),
         }
     }
@@ -118,6 +122,7 @@ impl Leases {
         let Some(&(_, sent_at)) = self.sent.iter().find(|(s, _)| *s == seq) else {
             return verdict;
         };
+        self.answered = self.answered.max(sent_at);
         let until = sent_at + self.valid_for;
         for (task, epoch) in renewed.iter().chain(unknown) {
             if let Some(l) = self.tasks.get_mut(task).filter(|l| l.epoch == *epoch) {
@@ -130,6 +135,13 @@ impl Leases {
             }
         }
         verdict
+    }
+
+    /// How long ago the newest answered heartbeat was sent: more than a
+    /// heartbeat or two means answers stopped coming (the link, or the
+    /// coordinators' side of it, is broken).
+    pub fn unanswered_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.answered)
     }
 
     /// Leases whose fence has passed at `now`, forgotten here; the caller stops them.
@@ -221,6 +233,30 @@ mod tests {
         advance(ms(1)).await;
         assert_eq!(l.expired(Instant::now()), t("a", 7));
         assert!(!l.holds("a", 7), "an expired lease is forgotten");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unanswered_time_counts_from_the_newest_answered_heartbeat() {
+        let mut l = Leases::new(TTL, MARGIN, BEAT);
+        advance(ms(700)).await;
+        assert_eq!(
+            l.unanswered_for(Instant::now()),
+            ms(700),
+            "nothing answered yet"
+        );
+        let first = Instant::now();
+        l.beat_sent(1, first);
+        advance(ms(1000)).await;
+        l.beat_sent(2, Instant::now());
+        advance(ms(300)).await;
+        l.ack(1, &[], &[], &[]);
+        assert_eq!(l.unanswered_for(Instant::now()), ms(1300));
+        // A late answer to an older heartbeat does not move it back.
+        l.ack(2, &[], &[], &[]);
+        l.ack(1, &[], &[], &[]);
+        assert_eq!(l.unanswered_for(Instant::now()), ms(300));
+        advance(ms(5000)).await;
+        assert_eq!(l.unanswered_for(Instant::now()), ms(5300));
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,6 +4,8 @@
 //! - `link`: the RabbitMQ side: (re)connection, the work consumer with its slot
 //!   limit, the control queue, and the outbox of messages that must arrive.
 //! - `lease`: which tasks this worker may publish, and until when (fencing).
+//! - `lifeline`: heartbeats over the coordinators' HTTP API while RabbitMQ is away.
+//! - `control`: what the coordinators ask of this worker (lease acks, stops, updates).
 //! - here: the tasks themselves (started through the engine, as in `play`), the
 //!   heartbeat, the fence watch, and the SIGTERM drain.
 //!
@@ -13,7 +15,9 @@
 
 mod beat;
 mod capacity;
+mod control;
 mod lease;
+mod lifeline;
 mod link;
 mod podcost;
 
@@ -35,7 +39,7 @@ use vodfleet_engine::config::Config;
 use vodfleet_engine::event::{unix_ms, Callbacks, Event, TaskStatus};
 use vodfleet_engine::task::{Control, End, Outcome};
 use vodfleet_engine::{Controller, Engine, Start};
-use vodfleet_proto::fleet::{EventKind, ToWorker, WorkOrder, WorkerMessage};
+use vodfleet_proto::fleet::{EventKind, WorkOrder, WorkerMessage};
 use vodfleet_proto::{Position, TaskSpec};
 
 /// Runs the worker until SIGTERM/SIGINT, then drains. Exit codes: 0 drained,
@@ -149,6 +153,8 @@ pub(crate) struct Fleet {
     tasks: Mutex<HashMap<Key, Running>>,
     leases: Mutex<Leases>,
     outbox: Outbox,
+    /// Heartbeats over HTTP while the link is down (`VODFLEET_COORDINATOR_URL`).
+    lifeline: Option<lifeline::Lifeline>,
     /// The current connection, while there is one.
     bus: watch::Sender<Option<Arc<Bus>>>,
     /// A task started or ended (the intake waits for a free slot on it).
@@ -175,8 +181,12 @@ pub(crate) struct Fleet {
 impl Fleet {
     fn new(engine: Engine, cfg: FleetConfig) -> Arc<Fleet> {
         let (outbox, outbox_rx) = Outbox::new();
+        let lifeline = cfg.api_key.clone().and_then(|key| {
+            lifeline::Lifeline::new(cfg.coordinator_urls.clone(), key, cfg.heartbeat)
+        });
         let fleet = Arc::new(Fleet {
             leases: Mutex::new(Leases::new(cfg.lease_ttl, FENCE_MARGIN, cfg.heartbeat)),
+            lifeline,
             cfg,
             engine,
             tasks: Mutex::new(HashMap::new()),
@@ -384,16 +394,6 @@ impl Fleet {
         self.stop_locked(&mut tasks, key, reason);
     }
 
-    /// The live (not stopping) run of `task_id` whose epoch is at most `epoch`:
-    /// a control message for a newer epoch still concerns the run it supersedes.
-    fn live_key(&self, tasks: &HashMap<Key, Running>, task_id: &str, epoch: u64) -> Option<Key> {
-        tasks
-            .iter()
-            .filter(|((t, e), r)| t == task_id && *e <= epoch && r.stopping.is_none())
-            .map(|(k, _)| k.clone())
-            .max_by_key(|(_, e)| *e)
-    }
-
     /// Relays task events, then reports how the task ended.
     async fn supervise(
         self: Arc<Self>,
@@ -487,94 +487,6 @@ impl Fleet {
             task_id: key.0.clone(),
             epoch: key.1,
             event,
-        }
-    }
-
-    /// One message from the control queue.
-    fn on_control(&self, msg: ToWorker) {
-        match msg {
-            ToWorker::LeaseAck {
-                seq,
-                renewed,
-                revoked,
-                unknown,
-            } => {
-                let verdict = self.leases().ack(seq, &renewed, &revoked, &unknown);
-                let mut tasks = self.tasks();
-                for key in &verdict.revoked {
-                    self.stop_locked(&mut tasks, key, StopReason::Revoked);
-                }
-                for key in verdict.reclaim {
-                    let Some(r) = tasks.get(&key) else { continue };
-                    tracing::warn!(task.id = %key.0, epoch = key.1, "the coordinator does not know this task: reclaiming it");
-                    self.outbox.send(WorkerMessage::Reclaim {
-                        worker_id: self.cfg.worker_id.clone(),
-                        task_id: key.0,
-                        epoch: key.1,
-                        spec: r.spec.clone(),
-                        position: r.status.position(),
-                        callback_url: r.callback_url.clone(),
-                    });
-                }
-            }
-            ToWorker::Stop {
-                task_id,
-                epoch,
-                forwards: None,
-            } => self.with_live(&task_id, epoch, "stop", |tasks, key| {
-                self.stop_locked(tasks, &key, StopReason::Control)
-            }),
-            ToWorker::Stop {
-                task_id,
-                epoch,
-                forwards: Some(urls),
-            } => self.with_live(&task_id, epoch, "stop", |tasks, key| {
-                let r = tasks.get_mut(&key).expect("live key");
-                // The coordinator's spec loses these destinations: so do our reports.
-                (r.dests, r.spec.forwards) = r
-                    .dests
-                    .iter()
-                    .copied()
-                    .zip(r.spec.forwards.drain(..))
-                    .filter(|(_, f)| !urls.contains(&f.url))
-                    .unzip();
-                r.control.send(Control::StopForwards(urls));
-                if r.spec.forwards.is_empty() {
-                    // The task stops itself once it has closed them all.
-                    r.stopping = Some(StopReason::Control);
-                    self.leases().release(&key.0, key.1);
-                }
-            }),
-            ToWorker::Update {
-                task_id,
-                epoch,
-                sources,
-                wait_current,
-            } => self.with_live(&task_id, epoch, "update", |tasks, key| {
-                let r = tasks.get_mut(&key).expect("live key");
-                r.spec.sources = sources.clone();
-                r.control.send(Control::Update {
-                    sources,
-                    wait_current,
-                });
-            }),
-        }
-    }
-
-    /// Applies `f` to the live run of `task_id` that a control message for `epoch` concerns.
-    fn with_live(
-        &self,
-        task_id: &str,
-        epoch: u64,
-        what: &str,
-        f: impl FnOnce(&mut HashMap<Key, Running>, Key),
-    ) {
-        let mut tasks = self.tasks();
-        match self.live_key(&tasks, task_id, epoch) {
-            Some(key) => f(&mut tasks, key),
-            None => {
-                tracing::info!(task.id = %task_id, epoch, "{what} for a task this worker does not run")
-            }
         }
     }
 

@@ -1,0 +1,107 @@
+//! Row 6 in the test command: RabbitMQ away for more than two leases (the
+//! 60 s run is `scripts/soak/faults.sh broker-down`). Workers renew their
+//! leases over the coordinators' HTTP API meanwhile, so the stream never
+//! leaves the air and never gets a second publisher; a task whose start time
+//! fell inside the outage goes on air as soon as the broker is back (its
+//! order, which could not be published, is offered again at once).
+
+use std::time::{Duration, Instant};
+use vodfleet_proto::fleet::keys;
+use vodfleet_tests::fleet::{now_ms, publish_conflicts, seed, FleetOptions};
+use vodfleet_tests::{poll, Fleet};
+
+const LEASE_TTL_MS: u64 = 6000;
+/// Longer than two leases: without a second renewal path every stream fences.
+const OUTAGE: Duration = Duration::from_secs(15);
+
+#[test]
+fn streams_stay_on_air_through_a_broker_outage_longer_than_the_lease() {
+    let mut fleet = Fleet::start_private(FleetOptions::default().lease_ttl_ms(LEASE_TTL_MS));
+    let producer = fleet.producer();
+    let live = fleet.start_live(&producer, Duration::from_millis(100));
+    let id = live.task.id.clone();
+    let epoch_before = fleet.redis.hgetall(&keys::task(&id))["epoch"].clone();
+    // A task whose start time falls inside the outage.
+    let media = vodfleet_tests::fleet::long_counter();
+    let later = fleet.new_task(&[&media], 1);
+    let start_ms = now_ms() + 6_000;
+    producer.send(&seed::with_window(
+        later.start(0),
+        start_ms,
+        start_ms + 600_000,
+    ));
+    let scheduled = poll(Duration::from_secs(10), || {
+        let h = fleet.redis.hgetall(&keys::task(&later.id));
+        (h.get("state").map(String::as_str) == Some("scheduled")).then_some(())
+    });
+    assert!(
+        scheduled.is_some(),
+        "the scheduled task was not recorded\n{}",
+        fleet.reports()
+    );
+    drop(producer);
+
+    let down = Instant::now();
+    fleet.rabbit().stop();
+    // The outage itself: its length is the fault, not an assertion.
+    std::thread::sleep(OUTAGE.saturating_sub(down.elapsed()));
+    assert!(
+        now_ms() > start_ms + LEASE_TTL_MS,
+        "the scheduled start and its first lease must fall inside the outage"
+    );
+    let during = live.watch.samples();
+    fleet.rabbit().start_again();
+    let back = Instant::now();
+    eprintln!("broker away {:.1} s", (back - down).as_secs_f64());
+
+    let stopped = during
+        .iter()
+        .find(|s| s.at >= down && !s.stat_failed && s.publishers.is_empty());
+    assert!(
+        stopped.is_none(),
+        "the stream left the air {:.1} s into the outage: {}\n{}",
+        stopped.map_or(0.0, |s| (s.at - down).as_secs_f64()),
+        live.watch.summary(),
+        fleet.reports()
+    );
+    let renewed: f64 = fleet
+        .coordinators
+        .iter()
+        .filter_map(|c| c.metric("vodfleet_http_heartbeats_total{outcome=\"renewed\"}"))
+        .sum();
+    assert!(
+        renewed > 0.0,
+        "no lease was renewed over HTTP\n{}",
+        fleet.reports()
+    );
+    let task = fleet.redis.hgetall(&keys::task(&id));
+    assert_eq!(
+        task["epoch"], epoch_before,
+        "the lease was never lost, so the task never moved: {task:?}"
+    );
+
+    // After the broker's return: the task that fell due starts at once, and
+    // the live one still has exactly one publisher.
+    fleet
+        .rtmp
+        .wait_publishing(later.key(), Duration::from_secs(LEASE_TTL_MS / 1000 + 10));
+    eprintln!(
+        "scheduled task on air {:.1} s after the broker returned",
+        back.elapsed().as_secs_f64()
+    );
+    let reoffered: f64 = fleet
+        .coordinators
+        .iter()
+        .filter_map(|c| c.metric("vodfleet_orders_reoffered_total"))
+        .sum();
+    assert!(
+        reoffered >= 1.0,
+        "its order was not offered again on the broker's return (only a lease later)\n{}",
+        fleet.reports()
+    );
+    fleet.wait_all_ready(Duration::from_secs(30));
+    assert!(!live.watch.absent_since(down), "{}", live.watch.summary());
+    assert_eq!(live.watch.max_publishers(), 1, "{}", live.watch.summary());
+    let refused = publish_conflicts(&fleet.rtmp, live.task.key());
+    assert!(refused.is_empty(), "a second publisher: {refused:?}");
+}
