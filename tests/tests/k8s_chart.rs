@@ -350,14 +350,14 @@ fn the_prometheus_rule_the_chart_renders_is_the_rules_file_and_passes_promtool()
     assert!(extract.success, "{}", extract.text());
     let check = tool("promtool", &["check", "rules", rules.to_str().unwrap()], T);
     assert!(
-        check.success && check.text().contains("SUCCESS: 14 rules found"),
+        check.success && check.text().contains("SUCCESS: 15 rules found"),
         "the chart's PrometheusRule as a rules file:\n{}",
         check.text()
     );
     let text = fs::read_to_string(&rules).unwrap();
     assert_eq!(
         text.matches(&format!("runbook_url: {base}")).count(),
-        14,
+        15,
         "runbook base not applied:\n{text}"
     );
     assert!(text.contains(&format!("runbook_url: {base}worker-down.md")));
@@ -426,7 +426,7 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
     let check = tool("promtool", &["check", "rules", rules.to_str().unwrap()], T);
     assert!(check.success, "promtool check rules:\n{}", check.text());
     assert!(
-        check.text().contains("SUCCESS: 14 rules found"),
+        check.text().contains("SUCCESS: 15 rules found"),
         "{}",
         check.text()
     );
@@ -440,7 +440,7 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
     // Each alert: a severity and a runbook page that exists.
     let text = fs::read_to_string(&rules).unwrap();
     let alerts = vodfleet_tests::ops::rule_exprs(&text);
-    assert_eq!(alerts.len(), 14);
+    assert_eq!(alerts.len(), 15);
     for page in text
         .lines()
         .filter_map(|l| l.trim().strip_prefix("runbook_url: "))
@@ -450,8 +450,8 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
             "runbook {page} does not exist"
         );
     }
-    assert_eq!(text.matches("runbook_url: docs/runbooks/").count(), 14);
-    assert_eq!(text.matches("severity: ").count(), 14);
+    assert_eq!(text.matches("runbook_url: docs/runbooks/").count(), 15);
+    assert_eq!(text.matches("severity: ").count(), 15);
     // The promtool tests exercise every alert.
     let tests = fs::read_to_string(repo_root().join("tests/k8s/alerts.test.yaml")).unwrap();
     for (alert, _) in &alerts {
