@@ -128,6 +128,21 @@ pub fn resume_ranges(ranges: Vec<Range>, from_ms: u64, duration_ms: u64) -> Vec<
         .collect()
 }
 
+/// `absofftime` ranges (Unix ms) as offsets into a recording that started at
+/// `start_ms` and lasts `duration_ms`: each is clipped to the recording, and
+/// one that lies wholly before or after it is dropped. Empty when none
+/// overlaps the recording.
+pub fn absolute_ranges(abs: &[Range], start_ms: u64, duration_ms: u64) -> Vec<Range> {
+    let stop_ms = start_ms.saturating_add(duration_ms);
+    abs.iter()
+        .filter(|r| r.end_ms > start_ms && r.start_ms < stop_ms)
+        .map(|r| Range {
+            start_ms: r.start_ms.saturating_sub(start_ms),
+            end_ms: r.end_ms.min(stop_ms) - start_ms,
+        })
+        .collect()
+}
+
 /// One contiguous range of one item, in source microseconds.
 pub struct Segment {
     pub start: i64,
@@ -270,6 +285,32 @@ mod tests {
         assert!(
             resume_ranges(whole(), 9_000, 9_000).is_empty(),
             "at the media's end: the next item plays"
+        );
+    }
+
+    #[test]
+    fn absolute_ranges_become_offsets_into_the_recording() {
+        let t0 = 1_540_222_200_000; // the recording starts here and lasts 60 s
+        let at = |a: u64, b: u64| r(t0 + a, t0 + b);
+        let table: &[(&[Range], &[Range])] = &[
+            (&[at(4_000, 8_000)], &[r(4_000, 8_000)]),
+            // Clipped at both ends of the recording.
+            (&[r(t0 - 5_000, t0 + 3_000)], &[r(0, 3_000)]),
+            (&[at(50_000, 90_000)], &[r(50_000, 60_000)]),
+            // Wholly before or after it: dropped; the rest kept in order.
+            (
+                &[r(t0 - 9_000, t0), at(10_000, 12_000), at(60_000, 70_000)],
+                &[r(10_000, 12_000)],
+            ),
+            (&[at(60_000, 61_000)], &[]),
+        ];
+        for (abs, want) in table {
+            assert_eq!(&absolute_ranges(abs, t0, 60_000), want, "{abs:?}");
+        }
+        assert_eq!(
+            absolute_ranges(&[at(4_000, 8_000)], t0, u64::MAX),
+            [r(4_000, 8_000)],
+            "an unknown duration clips nothing at the end"
         );
     }
 }

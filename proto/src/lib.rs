@@ -4,7 +4,9 @@
 //! - [`position`], [`fleet`]: what coordinators and workers exchange (docs/design/fleet.md).
 //! - [`sign`]: HMAC-SHA256 signatures for the HTTP API and callbacks.
 //! - [`redact`]: the one place that decides how a URL may be printed.
+//! - [`civil`]: calendar times (absofftime, a recording's start time).
 
+pub mod civil;
 pub mod command;
 pub mod error;
 pub mod fleet;

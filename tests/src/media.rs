@@ -68,6 +68,8 @@ pub struct MediaSpec {
     pub noise: bool,
     /// H.264 B-frames (`-bf`); `None` leaves x264's default.
     pub bframes: Option<u32>,
+    /// Container metadata (`-metadata KEY=VALUE`), e.g. `creation_time`.
+    pub tags: Vec<(String, String)>,
 }
 
 impl MediaSpec {
@@ -88,6 +90,7 @@ impl MediaSpec {
             tone_hz: 440,
             noise: false,
             bframes: None,
+            tags: Vec::new(),
         }
     }
 
@@ -108,6 +111,12 @@ impl MediaSpec {
 
     pub fn bframes(mut self, n: u32) -> Self {
         self.bframes = Some(n);
+        self
+    }
+
+    /// A container metadata entry (mp4 `creation_time`, FLV `onMetaData`).
+    pub fn tag(mut self, key: &str, value: &str) -> Self {
+        self.tags.push((key.into(), value.into()));
         self
     }
 
@@ -151,6 +160,9 @@ impl MediaSpec {
             a.extend(["-bf".into(), bf.to_string()]);
         }
         a.extend(["-c:a", "aac", "-ac", "2", "-ar", "44100", "-b:a", "96k"].map(String::from));
+        for (k, v) in &self.tags {
+            a.extend(["-metadata".into(), format!("{k}={v}")]);
+        }
         match self.container {
             Container::Mp4 => {
                 a.extend(["-movflags", "+faststart", "-f", "mp4"].map(String::from));

@@ -40,6 +40,20 @@ pub fn open_input(path: &Path) -> Result<ff::format::context::Input, ff::Error> 
     ff::format::input_with_dictionary(path, opts)
 }
 
+/// When the recording started, as its container states it (Unix ms): mp4 and
+/// Matroska `creation_time`, FLV `onMetaData` `creationdate` (or a
+/// `creation_time` an FFmpeg muxer wrote there). `absofftime` is resolved
+/// against it (docs/contract.md#src).
+pub fn recording_start_ms(input: &ff::format::context::Input) -> Option<u64> {
+    let meta = input.metadata();
+    ["creation_time", "creationdate", "creation_date"]
+        .iter()
+        .find_map(|k| {
+            meta.get(k)
+                .and_then(vodfleet_proto::civil::recording_start_ms)
+        })
+}
+
 /// Where to seek to start at the keyframe nearest to `target_us` (AV_TIME_BASE),
 /// from the index of stream `stream`, if the container has one (mp4 does; FLV
 /// may not). Returns `(seek_to, keyframe_dts)`: index entries are decode times,

@@ -84,23 +84,36 @@ impl Task {
         if video.is_none() && audio.is_none() {
             return Err(media_err(0, bad("no audio or video stream".into())));
         }
+        let duration_ms = match input.duration() {
+            d if d > 0 => (d / 1000) as u64, // AV_TIME_BASE = µs
+            _ => u64::MAX,
+        };
         let mut ranges = match &spec.cut {
             Cut::Whole => plan::whole(),
             Cut::Relative(r) => r.clone(),
-            Cut::Absolute(_) => return Err(media_err(
-                0,
-                MediaError::new(
-                    Fault::Unsupported,
-                    "absofftime needs the recording's start time, which this worker cannot read yet",
-                ),
-            )),
+            Cut::Absolute(abs) => {
+                let start = media::recording_start_ms(&input).ok_or_else(|| {
+                    media_err(0, bad("absofftime: the recording states no start time (mp4 creation_time or FLV onMetaData creationdate)".into()))
+                })?;
+                let r = plan::absolute_ranges(abs, start, duration_ms);
+                if r.is_empty() {
+                    return Err(media_err(
+                        0,
+                        bad(format!(
+                            "absofftime: no range falls within the recording, which starts at {}{}",
+                            vodfleet_proto::civil::iso8601_utc(start),
+                            match duration_ms {
+                                u64::MAX => String::new(),
+                                d => format!(" and lasts {} s", d / 1000),
+                            }
+                        )),
+                    ));
+                }
+                r
+            }
         };
         let resume_ms = self.resume_offset_ms;
         if let Some(from) = resume_ms {
-            let duration_ms = match input.duration() {
-                d if d > 0 => (d / 1000) as u64, // AV_TIME_BASE = µs
-                _ => u64::MAX,
-            };
             ranges = plan::resume_ranges(ranges, from, duration_ms);
             if ranges.is_empty() {
                 self.resume_offset_ms = None;

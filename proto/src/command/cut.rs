@@ -61,54 +61,14 @@ pub(super) fn parse_civil(s: &str) -> Option<u64> {
         return None;
     }
     let n = |r: std::ops::Range<usize>| s[r].parse::<u32>().ok();
-    let (y, mo, d, h, mi, se) = (
+    crate::civil::unix_ms(
         n(0..4)?,
         n(4..6)?,
         n(6..8)?,
         n(8..10)?,
         n(10..12)?,
         n(12..14)?,
-    );
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let dim = [
-        31,
-        if leap { 29 } else { 28 },
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
-    if !(1970..=9999).contains(&y)
-        || !(1..=12).contains(&mo)
-        || d == 0
-        || d > dim[mo as usize - 1]
-        || h > 23
-        || mi > 59
-        || se > 59
-    {
-        return None;
-    }
-    Some(
-        (days_from_civil(y as i64, mo, d) as u64 * 86_400 + (h * 3600 + mi * 60 + se) as u64)
-            * 1000,
     )
-}
-
-/// Days since 1970-01-01 for a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
