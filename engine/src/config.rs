@@ -37,6 +37,9 @@ pub struct Config {
     /// `VODFLEET_DESTINATION_CA_FILE`: a PEM file of extra CA certificates that
     /// `rtmps://` destinations may chain to (private CAs), besides the system's.
     pub destination_ca_file: Option<PathBuf>,
+    /// `s3://` sources: `VODFLEET_S3_ENDPOINT`, `VODFLEET_S3_REGION`,
+    /// `VODFLEET_S3_PATH_STYLE`, `VODFLEET_S3_BUCKETS` and the `AWS_*` credentials.
+    pub s3: crate::source::s3::S3Settings,
 }
 
 impl Config {
@@ -74,6 +77,7 @@ impl Config {
                 .map(|s| s.trim().to_owned())
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from),
+            s3: crate::source::s3::S3Settings::from_lookup(&get)?,
         })
     }
 }

@@ -1,5 +1,6 @@
-//! Other RTMP peers for the publisher's interop tests: FFmpeg's own RTMP server
-//! mode, and stunnel (TLS) in front of nginx-rtmp with a CA the test makes.
+//! Other peers: for the publisher's interop tests, FFmpeg's own RTMP server
+//! mode and stunnel (TLS) in front of nginx-rtmp with a CA the test makes; for
+//! `s3://` sources, an S3 API (PyPI's `moto[server]`, `scripts/s3-server.sh`).
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -269,6 +270,77 @@ impl FfmpegListener {
 }
 
 impl Drop for FfmpegListener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An S3 API on 127.0.0.1 (moto's server mode, fetched by
+/// `scripts/s3-server.sh`), with objects the test puts there. It takes any
+/// credentials; the signature itself is checked against AWS's own example in
+/// the engine's unit tests.
+pub struct S3Server {
+    child: Child,
+    port: u16,
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let script = crate::ops::repo_root().join("scripts/s3-server.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+        assert!(out.status.success(), "{} failed", script.display());
+        let bin = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
+        let up = crate::poll(Duration::from_secs(30), || {
+            TcpStream::connect_timeout(
+                &SocketAddr::from(([127, 0, 0, 1], port)),
+                Duration::from_millis(200),
+            )
+            .ok()
+        });
+        assert!(up.is_some(), "moto_server did not listen on {port}");
+        S3Server { child, port }
+    }
+
+    /// `http://127.0.0.1:PORT`, for `VODFLEET_S3_ENDPOINT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates `bucket` (if new) and stores `body` as `key` in it.
+    pub fn put(&self, bucket: &str, key: &str, body: &[u8]) {
+        let encoded: String = key
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        for (path, body) in [
+            (format!("/{bucket}"), &b""[..]),
+            (format!("/{bucket}/{encoded}"), body),
+        ] {
+            let r = crate::fleet::http_request(self.port, "PUT", &path, &[], body)
+                .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
+            assert!(r.status == 200, "PUT {path}: HTTP {}", r.status);
+        }
+    }
+}
+
+impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -15,7 +15,10 @@ pub struct Fetch<'a> {
     pub client: &'a reqwest::Client,
     pub cfg: &'a Config,
     pub task_id: &'a str,
+    /// What is fetched (for `s3://` sources, the presigned URL).
     pub url: &'a str,
+    /// What messages name: the source's URL as given (redacted when printed).
+    pub shown: &'a str,
     pub dest: &'a Path,
     pub cancel: &'a CancellationToken,
 }
@@ -52,7 +55,7 @@ impl Fetch<'_> {
     ) -> WorkerError {
         WorkerError::Source {
             task: self.task_id.to_owned(),
-            url: redact::source(self.url),
+            url: redact::source(self.shown),
             attempt,
             attempts: self.cfg.source_attempts,
             cause: cause.into(),
@@ -118,7 +121,7 @@ impl Fetch<'_> {
                     // non-HTTP target): asking again cannot change the answer.
                     WorkerError::Policy {
                         task: self.task_id.to_owned(),
-                        url: redact::source(self.url),
+                        url: redact::source(self.shown),
                         reason: describe(&e),
                     }
                 } else {
@@ -149,7 +152,7 @@ impl Fetch<'_> {
                     .unwrap_or_else(|| format!("HTTP {status} without a usable Location"));
                 return Err(WorkerError::Policy {
                     task: self.task_id.to_owned(),
-                    url: redact::source(self.url),
+                    url: redact::source(self.shown),
                     reason: why,
                 });
             }

@@ -2,10 +2,12 @@
 //!
 //! libavformat never sees a network URL (docs/ARCHITECTURE.md, "Secrets"): `http(s)` sources are
 //! downloaded by our own client into the task's cache directory, `vod://NAME`
-//! is resolved inside the media root. Downloads of later items run while
+//! is resolved inside the media root, `s3://BUCKET/KEY` is fetched as a
+//! presigned `https` GET ([`s3`]). Downloads of later items run while
 //! earlier ones play, and each URL is fetched once per task however often it loops.
 
 mod http;
+pub mod s3;
 
 use vodfleet_net as policy;
 
@@ -108,32 +110,18 @@ impl Sources {
         match parsed.scheme() {
             "vod" => vod_path(&self.cfg.media_root, &url["vod://".len()..])
                 .map_err(|r| self.refuse(url, r)),
-            "http" | "https" => {
-                policy::check_url_host(&parsed, self.cfg.allow_private_networks)
+            "s3" => {
+                // Valid for the whole download with its retries.
+                let expires = self.cfg.source_timeout * 4 * self.cfg.source_attempts
+                    + std::time::Duration::from_secs(3600);
+                let signed = self
+                    .cfg
+                    .s3
+                    .presign(url, crate::event::unix_ms(), expires)
                     .map_err(|r| self.refuse(url, r))?;
-                // A name that resolves only to refused addresses is refused once, here,
-                // not retried as an unreachable server (the client's resolver checks
-                // every connection and redirect again).
-                if let Some(url::Host::Domain(host)) = parsed.host() {
-                    if let Err(policy::NameError::Refused(why)) =
-                        policy::resolve_allowed(host, self.cfg.allow_private_networks).await
-                    {
-                        return Err(self.refuse(url, why));
-                    }
-                }
-                let dest = self.dir.join(hex_digest(url));
-                http::Fetch {
-                    client: &self.client,
-                    cfg: &self.cfg,
-                    task_id: &self.task_id,
-                    url,
-                    dest: &dest,
-                    cancel: &self.cancel,
-                }
-                .run()
-                .await?;
-                Ok(dest)
+                self.fetch(url, &signed).await
             }
+            "http" | "https" => self.fetch(url, url).await,
             other => Err(WorkerError::Unsupported {
                 task: self.task_id.clone(),
                 cause: format!(
@@ -142,6 +130,37 @@ impl Sources {
                 ),
             }),
         }
+    }
+
+    /// Downloads `fetch_url` (the source's URL, or the presigned URL of an
+    /// `s3://` one) under the URL policy into the file named after `url`.
+    async fn fetch(&self, url: &str, fetch_url: &str) -> Result<PathBuf, WorkerError> {
+        let parsed = url::Url::parse(fetch_url).map_err(|e| self.refuse(url, e.to_string()))?;
+        policy::check_url_host(&parsed, self.cfg.allow_private_networks)
+            .map_err(|r| self.refuse(url, r))?;
+        // A name that resolves only to refused addresses is refused once, here,
+        // not retried as an unreachable server (the client's resolver checks
+        // every connection and redirect again).
+        if let Some(url::Host::Domain(host)) = parsed.host() {
+            if let Err(policy::NameError::Refused(why)) =
+                policy::resolve_allowed(host, self.cfg.allow_private_networks).await
+            {
+                return Err(self.refuse(url, why));
+            }
+        }
+        let dest = self.dir.join(hex_digest(url));
+        http::Fetch {
+            client: &self.client,
+            cfg: &self.cfg,
+            task_id: &self.task_id,
+            url: fetch_url,
+            shown: url,
+            dest: &dest,
+            cancel: &self.cancel,
+        }
+        .run()
+        .await?;
+        Ok(dest)
     }
 
     /// Watermark images the URL policy would never fetch, refused before the

@@ -168,9 +168,18 @@ pub(super) fn task(
 }
 
 fn source(at: &FieldPath, s: wire::Src) -> Result<SourceSpec, FieldError> {
-    let url = check_url(&at.key("url"), &s.url, &["http", "https", "rtsp", "vod"])?;
+    let url = check_url(
+        &at.key("url"),
+        &s.url,
+        &["http", "https", "rtsp", "vod", "s3"],
+    )?;
     if let Some(name) = url.strip_prefix("vod://") {
         check_vod_name(&at.key("url"), name)?;
+    }
+    if url.starts_with("s3://") && url::Url::parse(&url).is_ok_and(|u| u.path().len() <= 1) {
+        return Err(at
+            .key("url")
+            .err("s3:// URLs name a bucket and an object: s3://BUCKET/KEY"));
     }
     let cut = match (s.relofftime.as_deref(), s.absofftime.as_deref()) {
         (Some(r), _) if !r.is_empty() => {

@@ -386,13 +386,26 @@ fn absofftime_takes_several_ranges_in_utc() {
 }
 
 #[test]
-fn vod_and_rtsp_sources_are_accepted() {
+fn vod_rtsp_and_s3_sources_are_accepted() {
     let c = parse_ok(&with(vec![
         Set("/list/0/src/0/url", json!("vod://movies/final.mp4")),
         Set("/list/0/src/1/url", json!("rtsp://cam.example.com/stream1")),
+        Set("/list/0/src/2/url", json!("s3://media/2024/final.mp4")),
     ]));
     assert_eq!(c.tasks[0].sources[0].url, "vod://movies/final.mp4");
     assert_eq!(c.tasks[0].sources[1].url, "rtsp://cam.example.com/stream1");
+    assert_eq!(c.tasks[0].sources[2].url, "s3://media/2024/final.mp4");
+}
+
+#[test]
+fn an_s3_source_without_an_object_key_is_refused_by_name() {
+    for url in ["s3://media", "s3://media/"] {
+        expect_reject(
+            with(vec![Set("/list/0/src/0/url", json!(url))]),
+            "list[0].src[0].url",
+            "s3://BUCKET/KEY",
+        );
+    }
 }
 
 // ---------------------------------------------------------------- timing
