@@ -3,12 +3,13 @@
 //! `POST /api/cdn/v2/forwardRequest.action` (the seed's path) and
 //! `POST /v1/commands` validate a command and publish it to `vodfleet.commands`,
 //! so HTTP and AMQP producers share one intake path. `GET /v1/tasks[/{id}]`
-//! read Redis. `POST /v1/heartbeats` renews a worker's leases while RabbitMQ
+//! read Redis (the listing is paged: `?limit=N&cursor=C`). `POST /v1/heartbeats` renews a worker's leases while RabbitMQ
 //! is down (docs/design/fleet.md, "Broker outage"). All of these need an HMAC-SHA256 signature (docs in
 //! `vodfleet_proto::sign`); `/metrics`, `/healthz` and `/readyz` do not.
 
 use crate::ctx::{now_ms, Ctx};
 use crate::intake::response;
+use crate::store::Cursor;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -240,10 +241,49 @@ async fn list(
     if let Err(r) = authenticate(&ctx, &method, &uri, &headers, b"").await {
         return r;
     }
-    match ctx.store.list().await {
-        Ok(tasks) => Json(serde_json::json!({ "tasks": tasks })).into_response(),
+    let (cursor, limit) = match page_params(uri.query().unwrap_or("")) {
+        Ok(p) => p,
+        Err(msg) => return seed_error(400, &msg),
+    };
+    match ctx.store.page(cursor.as_ref(), limit).await {
+        Ok(page) => Json(serde_json::json!({
+            "tasks": page.tasks,
+            "next": page.next.map(|c| c.to_string()),
+        }))
+        .into_response(),
         Err(e) => seed_error(503, &format!("task store unavailable: {e}")),
     }
+}
+
+/// Tasks per page of `GET /v1/tasks` when `limit` is not given.
+pub const DEFAULT_PAGE: usize = 100;
+/// The largest `limit` of `GET /v1/tasks`.
+pub const MAX_PAGE: usize = 1000;
+
+/// `cursor` and `limit` of `GET /v1/tasks` (docs/contract.md#http-api); the
+/// error names the field.
+fn page_params(query: &str) -> Result<(Option<Cursor>, usize), String> {
+    let mut cursor = None;
+    let mut limit = DEFAULT_PAGE;
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "limit" => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| {
+                        format!("limit: {v:?} is not a whole number from 1 to {MAX_PAGE}")
+                    })?;
+            }
+            "cursor" if v.is_empty() => cursor = None,
+            "cursor" => {
+                cursor = Some(v.parse().map_err(|e| format!("cursor: {v:?} is {e}"))?);
+            }
+            _ => {}
+        }
+    }
+    Ok((cursor, limit))
 }
 
 async fn one(
@@ -280,4 +320,26 @@ async fn ready(State(ctx): State<Arc<Ctx>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_params_default_and_name_the_bad_field() {
+        assert_eq!(page_params("").unwrap(), (None, DEFAULT_PAGE));
+        let (c, n) = page_params("limit=7&cursor=3.0").unwrap();
+        assert_eq!((c.unwrap().to_string(), n), ("3.0".to_owned(), 7));
+        for (q, field) in [
+            ("limit=0", "limit"),
+            ("limit=1001", "limit"),
+            ("limit=x", "limit"),
+            ("cursor=nope", "cursor"),
+            ("cursor=99.0", "cursor"),
+        ] {
+            let e = page_params(q).unwrap_err();
+            assert!(e.starts_with(field), "{q}: {e}");
+        }
+    }
 }

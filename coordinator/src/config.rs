@@ -8,8 +8,12 @@ use std::time::Duration;
 pub struct Config {
     /// `VODFLEET_AMQP_URL`
     pub amqp_url: String,
-    /// `VODFLEET_REDIS_URL`
+    /// `VODFLEET_REDIS_URL`: one Redis, or with `VODFLEET_REDIS_CLUSTER` one or
+    /// more comma-separated seed nodes of a Redis Cluster.
     pub redis_url: String,
+    /// `VODFLEET_REDIS_CLUSTER`: `VODFLEET_REDIS_URL` names Redis Cluster nodes
+    /// (docs/design/fleet.md "Redis").
+    pub redis_cluster: bool,
     /// `VODFLEET_HTTP_ADDR`: API, /metrics, /healthz, /readyz.
     pub http_addr: SocketAddr,
     /// `VODFLEET_LEASE_TTL_MS`: a lease not renewed for this long is issued again.
@@ -77,6 +81,7 @@ impl Config {
                 .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
             redis_url: get("VODFLEET_REDIS_URL")
                 .unwrap_or_else(|| "redis://127.0.0.1:6379/".into()),
+            redis_cluster: flag("VODFLEET_REDIS_CLUSTER")?,
             http_addr: addr
                 .parse()
                 .map_err(|_| format!("VODFLEET_HTTP_ADDR={addr:?} is not HOST:PORT"))?,

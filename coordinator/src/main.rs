@@ -37,7 +37,7 @@ async fn main() -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let metrics = Arc::new(metrics::Metrics::new());
-    let store = connect_store(&cfg.redis_url, &metrics, &cancel).await?;
+    let store = connect_store(&cfg, &metrics, &cancel).await?;
     let callbacks = callback::Callbacks::spawn(
         metrics.clone(),
         cfg.callback_key.clone(),
@@ -88,6 +88,9 @@ async fn main() -> anyhow::Result<()> {
         move || {
             let ctx = ctx.clone();
             async move {
+                // Entries an older replica still writes to the unsharded indexes
+                // during a rolling upgrade (docs/design/fleet.md "Redis").
+                let _ = ctx.store.migrate_legacy_indexes().await;
                 let _ = lease::count_states(&ctx).await;
             }
         }
@@ -121,16 +124,22 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Connects to Redis (one, or a cluster), retrying until it answers, then
+/// moves the unsharded indexes of an older version into the groups.
 async fn connect_store(
-    url: &str,
+    cfg: &config::Config,
     metrics: &metrics::Metrics,
     cancel: &CancellationToken,
 ) -> anyhow::Result<store::Store> {
     let mut delay = Duration::from_millis(200);
     loop {
-        match store::Store::connect(url).await {
+        match store::Store::open(&cfg.redis_url, cfg.redis_cluster).await {
             Ok(s) => {
                 metrics.dependency(REDIS, true);
+                tracing::info!(cluster = cfg.redis_cluster, "Redis connected");
+                if let Err(e) = s.migrate_legacy_indexes().await {
+                    tracing::warn!(error = %e, "moving the unsharded task indexes failed; tried again with the next state count");
+                }
                 return Ok(s);
             }
             Err(e) => {

@@ -37,10 +37,45 @@ pub mod keys {
     pub fn resume(id: &str) -> String {
         format!("vodfleet:resume:{{{id}}}")
     }
-    /// Sorted set of task ids by next deadline (start time, lease expiry, end time).
-    pub const DUE: &str = "vodfleet:due";
-    /// Set of every task id the fleet knows (for listings).
-    pub const TASKS: &str = "vodfleet:tasks";
+    /// How many groups the task indexes are sharded into (docs/design/fleet.md
+    /// "Redis"). Each group's two index keys share one hash tag, so they sit in
+    /// one Redis Cluster slot; the groups spread over the cluster's masters.
+    /// Changing it moves tasks between groups: see [`group`].
+    pub const GROUPS: u32 = 16;
+    /// The index group of a task: 32-bit FNV-1a of the id's UTF-8 bytes, mod
+    /// [`GROUPS`]. This must never change (neither the hash nor [`GROUPS`]):
+    /// a task indexed under one group and looked up under another would be
+    /// lost from the deadline index and the listings.
+    pub fn group(id: &str) -> u32 {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in id.bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        h % GROUPS
+    }
+    /// Sorted set of group `g`'s task ids by next deadline (start time, lease
+    /// expiry, end time). Hash tag `{gN}`, shared with [`tasks_in`].
+    pub fn due_in(g: u32) -> String {
+        format!("vodfleet:due:{{g{g}}}")
+    }
+    /// Set of every task id of group `g` (for listings and counts).
+    pub fn tasks_in(g: u32) -> String {
+        format!("vodfleet:tasks:{{g{g}}}")
+    }
+    /// The deadline index of a task's group.
+    pub fn due_of(id: &str) -> String {
+        due_in(group(id))
+    }
+    /// The task set of a task's group.
+    pub fn tasks_of(id: &str) -> String {
+        tasks_in(group(id))
+    }
+    /// The one deadline index of before the groups (issue 10): a coordinator
+    /// that finds it moves its members into the groups, then deletes it.
+    pub const LEGACY_DUE: &str = "vodfleet:due";
+    /// The one task set of before the groups: migrated like [`LEGACY_DUE`].
+    pub const LEGACY_TASKS: &str = "vodfleet:tasks";
     /// 48 hours, as the seed requires (docs/contract.md#resume-record).
     pub const RESUME_TTL_SECS: u64 = 172_800;
 }

@@ -2,13 +2,14 @@
 //! request signatures (refused unsigned, badly signed, stale, from the future,
 //! signed for another path, query or method, or replayed however the signature
 //! is spelled; issue 9 row 10, with the property test in proto/tests/sign_props.rs), the
-//! task listings, and stream keys never shown in them.
+//! task listings, and stream keys never shown in them; the paged listing
+//! (`?limit=N&cursor=C`, issue 10).
 
 use serde_json::Value;
 use std::time::Duration;
 use vodfleet_tests::fleet::{
-    body_of, long_counter, now_ms, signed_headers, signed_headers_at, FleetOptions, HttpReply,
-    API_KEY,
+    body_of, long_counter, now_ms, seed, signed_headers, signed_headers_at, FleetOptions,
+    HttpReply, API_KEY,
 };
 use vodfleet_tests::{poll, Fleet};
 
@@ -171,4 +172,114 @@ fn signed_requests_get_in_once_and_listings_never_show_stream_keys() {
     fleet
         .rtmp
         .wait_unpublished(task.key(), Duration::from_secs(10));
+}
+
+/// `count` tasks scheduled an hour from now (no worker needed), started with
+/// signed `POST /v1/commands` of up to 50 tasks each; returns their ids.
+fn schedule_tasks(fleet: &Fleet, prefix: &str, count: usize) -> Vec<String> {
+    let start = now_ms() + 3_600_000;
+    let ids: Vec<String> = (0..count).map(|i| format!("{prefix}-{i:05}")).collect();
+    for chunk in ids.chunks(50) {
+        let list: Vec<Value> = chunk
+            .iter()
+            .map(|id| {
+                let fwd = [format!("rtmp://127.0.0.1:1935/live/{id}")];
+                let b = seed::with_window(
+                    seed::start(id, &["vod://a.mp4".to_owned()], &fwd, 0),
+                    start,
+                    start + 3_600_000,
+                );
+                b["list"][0].clone()
+            })
+            .collect();
+        let body = body_of(&serde_json::json!({ "cmd": "1", "type": "video", "list": list }));
+        assert_seed_shape(&fleet.coordinator().post_signed("/v1/commands", &body), 200);
+    }
+    ids
+}
+
+/// Every page of `GET /v1/tasks?limit=N` from the start: (ids in walk order, pages).
+fn walk_pages(fleet: &Fleet, limit: usize) -> (Vec<String>, usize) {
+    let (mut ids, mut pages) = (Vec::new(), 0);
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            None => format!("/v1/tasks?limit={limit}"),
+            Some(c) => format!("/v1/tasks?limit={limit}&cursor={c}"),
+        };
+        let r = fleet.coordinator().get_signed(&path);
+        assert_eq!(r.status, 200, "GET {path}: {}", r.text());
+        let v = r.json();
+        let tasks = v["tasks"].as_array().expect("tasks is a list");
+        assert!(
+            tasks.len() <= limit,
+            "{} tasks on a page of {limit}",
+            tasks.len()
+        );
+        ids.extend(
+            tasks
+                .iter()
+                .map(|t| t["id"].as_str().expect("id").to_owned()),
+        );
+        pages += 1;
+        match &v["next"] {
+            Value::Null => return (ids, pages),
+            Value::String(c) => cursor = Some(c.clone()),
+            other => panic!("next is {other}"),
+        }
+    }
+}
+
+#[test]
+fn the_task_listing_comes_in_pages_that_hold_every_task_once() {
+    let fleet = Fleet::start(FleetOptions {
+        workers: 0,
+        ..FleetOptions::default()
+    });
+    let mut ids = schedule_tasks(&fleet, "page", 300);
+    ids.sort();
+    let all = poll(Duration::from_secs(30), || {
+        let (got, _) = walk_pages(&fleet, 1000);
+        (got.len() >= ids.len()).then_some(got)
+    })
+    .unwrap_or_else(|| panic!("not every task listed\n{}", fleet.reports()));
+    assert_eq!(all.len(), ids.len(), "a page of 1000 holds them all, once");
+
+    // Small pages: every task exactly once, in more than 300 / 7 pages.
+    for limit in [7, 100] {
+        let (mut walked, pages) = walk_pages(&fleet, limit);
+        walked.sort();
+        assert_eq!(walked, ids, "pages of {limit}");
+        assert!(
+            pages >= ids.len().div_ceil(limit),
+            "{pages} pages of {limit}"
+        );
+    }
+
+    // No parameters (an old client): the first 100, and where to go on.
+    let first = fleet.coordinator().tasks();
+    assert_eq!(
+        first["tasks"].as_array().map(Vec::len),
+        Some(100),
+        "{first}"
+    );
+    assert!(first["next"].is_string(), "{first}");
+
+    // Bad parameters: 400, naming the field.
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=ten", "limit"),
+        ("cursor=not-a-cursor", "cursor"),
+        ("cursor=99.0", "cursor"),
+    ] {
+        let r = fleet
+            .coordinator()
+            .get_signed(&format!("/v1/tasks?{query}"));
+        let v = assert_seed_shape(&r, 400);
+        assert!(
+            v["msg"].as_str().unwrap_or_default().contains(field),
+            "{query}: {v}"
+        );
+    }
 }

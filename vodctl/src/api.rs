@@ -63,6 +63,45 @@ impl Api {
         self.call(reqwest::Method::GET, &path, b"").await
     }
 
+    /// Every task: `GET /v1/tasks` page by page, following `next` to the end
+    /// (docs/contract.md#http-api). The inner `Err` is a page the API refused.
+    pub async fn all_tasks(&self) -> Result<std::result::Result<Vec<serde_json::Value>, Answer>> {
+        /// One page, its tasks kept as JSON (`--json` prints them as sent).
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            tasks: Vec<serde_json::Value>,
+            #[serde(default)]
+            next: Option<String>,
+        }
+        let mut tasks = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let a = self.task_page(cursor.as_deref(), LIST_PAGE).await?;
+            if a.status != 200 {
+                return Ok(Err(a));
+            }
+            let page: Page =
+                serde_json::from_slice(&a.body).context("the API's answer is not a task list")?;
+            tasks.extend(page.tasks);
+            match page.next {
+                // A server that hands back the cursor it was given would loop forever.
+                Some(next) if Some(&next) != cursor.as_ref() => cursor = Some(next),
+                _ => return Ok(Ok(tasks)),
+            }
+        }
+    }
+
+    /// One page of `GET /v1/tasks` (`limit` tasks at most), from `cursor` on.
+    pub async fn task_page(&self, cursor: Option<&str>, limit: usize) -> Result<Answer> {
+        let mut path = format!("/v1/tasks?limit={limit}");
+        if let Some(c) = cursor {
+            path.push_str("&cursor=");
+            path.push_str(&path_segment(c));
+        }
+        self.call(reqwest::Method::GET, &path, b"").await
+    }
+
     async fn call(&self, method: reqwest::Method, path: &str, body: &[u8]) -> Result<Answer> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method.clone(), &url);
@@ -96,6 +135,9 @@ impl Api {
 
 /// Task ids are `[A-Za-z0-9-_.:]`; anything else is percent-encoded so a bad id
 /// reaches the server as one path segment (and gets its 404) instead of another route.
+/// Tasks asked for per page when listing them all (the API's largest page).
+const LIST_PAGE: usize = 1000;
+
 fn path_segment(id: &str) -> String {
     id.bytes()
         .map(|b| match b {

@@ -194,12 +194,33 @@ fn refused(r: Reply) -> Exit {
 }
 
 async fn status(api: &api::Api, id: Option<&str>, json: bool) -> Result<(), Exit> {
-    let a = api.tasks(id).await.map_err(failed)?;
+    let bad =
+        |e: serde_json::Error| Exit::Failed(format!("the API's answer is not a task list: {e}"));
+    let Some(id) = id else {
+        let tasks = match api.all_tasks().await.map_err(failed)? {
+            Ok(t) => t,
+            Err(a) => return Err(refused(a.reply())),
+        };
+        if json {
+            let v = serde_json::json!({ "tasks": tasks });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v).expect("a JSON value serializes")
+            );
+        } else {
+            let l: Vec<view::Task> = tasks
+                .into_iter()
+                .map(serde_json::from_value)
+                .collect::<Result<_, _>>()
+                .map_err(bad)?;
+            print!("{}", view::table(&l));
+        }
+        return Ok(());
+    };
+    let a = api.tasks(Some(id)).await.map_err(failed)?;
     if a.status != 200 {
         return Err(refused(a.reply()));
     }
-    let bad =
-        |e: serde_json::Error| Exit::Failed(format!("the API's answer is not a task list: {e}"));
     if json {
         let v: serde_json::Value = serde_json::from_slice(&a.body).map_err(bad)?;
         println!(
@@ -208,15 +229,7 @@ async fn status(api: &api::Api, id: Option<&str>, json: bool) -> Result<(), Exit
         );
         return Ok(());
     }
-    match id {
-        None => {
-            let l: view::Listing = serde_json::from_slice(&a.body).map_err(bad)?;
-            print!("{}", view::table(&l.tasks));
-        }
-        Some(_) => {
-            let t: view::Task = serde_json::from_slice(&a.body).map_err(bad)?;
-            print!("{}", view::detail(&t, now_ms()));
-        }
-    }
+    let t: view::Task = serde_json::from_slice(&a.body).map_err(bad)?;
+    print!("{}", view::detail(&t, now_ms()));
     Ok(())
 }

@@ -34,12 +34,6 @@ pub struct Destination {
     pub state: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub struct Listing {
-    pub tasks: Vec<Task>,
-}
-
 /// `ms` as `hh:mm:ss` (hours grow past 99 if they must).
 pub fn hms(ms: u64) -> String {
     let s = ms / 1000;

@@ -3,7 +3,7 @@
 //! watch goes on.
 
 use crate::api::Api;
-use crate::view::{self, Listing, Task};
+use crate::view::{self, Task};
 use crate::Exit;
 use std::io::Write as _;
 use std::time::Duration;
@@ -45,6 +45,24 @@ pub async fn run(api: &Api, api_url: &str, id: Option<&str>, every: Duration) ->
 
 /// The frame's body: the table or the task, or why it could not be read.
 async fn frame(api: &Api, id: Option<&str>) -> String {
+    if id.is_none() {
+        let all = match api.all_tasks().await {
+            Ok(Ok(all)) => all,
+            Ok(Err(a)) => {
+                let r = a.reply();
+                return format!("error: the API answered {}: {}\n", r.http_code, r.msg);
+            }
+            Err(e) => return format!("error: {e:#}\n"),
+        };
+        return match all
+            .into_iter()
+            .map(serde_json::from_value)
+            .collect::<Result<Vec<Task>, _>>()
+        {
+            Ok(l) => format!("{}\n\n{}", view::summary(&l), view::table(&l)),
+            Err(e) => format!("error: the API's answer is not a task list: {e}\n"),
+        };
+    }
     let a = match api.tasks(id).await {
         Ok(a) => a,
         Err(e) => return format!("error: {e:#}\n"),
@@ -56,14 +74,8 @@ async fn frame(api: &Api, id: Option<&str>) -> String {
         let r = a.reply();
         return format!("error: the API answered {}: {}\n", r.http_code, r.msg);
     }
-    match id {
-        None => match serde_json::from_slice::<Listing>(&a.body) {
-            Ok(l) => format!("{}\n\n{}", view::summary(&l.tasks), view::table(&l.tasks)),
-            Err(e) => format!("error: the API's answer is not a task list: {e}\n"),
-        },
-        Some(_) => match serde_json::from_slice::<Task>(&a.body) {
-            Ok(t) => view::detail(&t, crate::now_ms()),
-            Err(e) => format!("error: the API's answer is not a task: {e}\n"),
-        },
+    match serde_json::from_slice::<Task>(&a.body) {
+        Ok(t) => view::detail(&t, crate::now_ms()),
+        Err(e) => format!("error: the API's answer is not a task: {e}\n"),
     }
 }

@@ -3,7 +3,6 @@
 
 use super::scripts::{FINISH, ISSUE, RECLAIM, RELEASE, RENEW, SET_SPEC, START, STOP};
 use super::{json, Result, Store};
-use redis::AsyncCommands;
 use vodfleet_proto::fleet::{keys, DestinationState};
 use vodfleet_proto::{Position, TaskSpec};
 
@@ -73,7 +72,7 @@ impl Store {
             .arg(mark)
             .invoke_async(&mut c)
             .await?;
-        let _: () = c.sadd(keys::TASKS, &spec.id).await?;
+        self.index(&spec.id).await?;
         let next = if scheduled {
             spec.start_ms.unwrap_or(now)
         } else {
@@ -318,7 +317,7 @@ impl Store {
             .invoke_async(&mut c)
             .await?;
         if n == 1 {
-            let _: () = c.sadd(keys::TASKS, id).await?;
+            self.index(id).await?;
             self.schedule(id, now + ttl).await?;
         }
         Ok(n == 1)

@@ -1,4 +1,5 @@
-//! Tasks as the API shows them (stream keys redacted), one or all, and counts by state.
+//! Tasks as the API shows them (stream keys redacted), one at a time, and
+//! counts by state; pages of them are in `page`.
 
 use super::{Result, Store};
 use redis::AsyncCommands;
@@ -35,6 +36,7 @@ pub struct DestinationView {
 }
 
 impl Store {
+    /// One task's view (`None`: no such task).
     pub async fn get(&self, id: &str) -> Result<Option<TaskView>> {
         let mut c = self.conn.clone();
         let m: std::collections::HashMap<String, String> = c.hgetall(keys::task(id)).await?;
@@ -42,7 +44,10 @@ impl Store {
     }
 
     /// A task's view from its hash (`None` for an empty hash: no such task).
-    fn view(id: &str, m: &std::collections::HashMap<String, String>) -> Result<Option<TaskView>> {
+    pub(super) fn view(
+        id: &str,
+        m: &std::collections::HashMap<String, String>,
+    ) -> Result<Option<TaskView>> {
         if m.is_empty() {
             return Ok(None);
         }
@@ -87,64 +92,39 @@ impl Store {
         }))
     }
 
-    /// Every task, read in pipelined batches of 500 (one round trip per batch,
-    /// not per task).
-    pub async fn list(&self) -> Result<Vec<TaskView>> {
-        let mut c = self.conn.clone();
-        let mut ids: Vec<String> = c.smembers(keys::TASKS).await?;
-        ids.sort();
-        let mut out = Vec::with_capacity(ids.len());
-        for batch in ids.chunks(500) {
-            let mut pipe = redis::pipe();
-            for id in batch {
-                pipe.hgetall(keys::task(id));
-            }
-            let maps: Vec<std::collections::HashMap<String, String>> =
-                pipe.query_async(&mut c).await?;
-            for (id, m) in batch.iter().zip(&maps) {
-                match Self::view(id, m)? {
-                    Some(v) => out.push(v),
-                    // Its record expired (over for 48 h): drop it from the index too.
-                    None => {
-                        let _: () = c.srem(keys::TASKS, id).await?;
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Tasks by state, read in pipelined batches without loading the records
-    /// (memory stays flat however many tasks there are).
+    /// Tasks by state, read group by group in SSCAN batches without loading
+    /// the records (memory stays flat however many tasks there are).
     pub async fn count_states(&self) -> Result<std::collections::HashMap<String, i64>> {
         let mut c = self.conn.clone();
         let mut counts = std::collections::HashMap::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
-                .arg(keys::TASKS)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(500)
-                .query_async(&mut c)
-                .await?;
-            let mut pipe = redis::pipe();
-            for id in &ids {
-                pipe.hget(keys::task(id), "state");
-            }
-            let states: Vec<Option<String>> = pipe.query_async(&mut c).await?;
-            for (id, state) in ids.iter().zip(states) {
-                match state {
-                    Some(s) => *counts.entry(s).or_insert(0) += 1,
-                    None => {
-                        let _: () = c.srem(keys::TASKS, id).await?;
+        for g in 0..keys::GROUPS {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
+                    .arg(keys::tasks_in(g))
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(500)
+                    .query_async(&mut c)
+                    .await?;
+                let states: Vec<Option<String>> = self
+                    .each(ids.iter(), |id| {
+                        let mut c = self.conn.clone();
+                        async move { Ok(c.hget(keys::task(id), "state").await?) }
+                    })
+                    .await?;
+                for (id, state) in ids.iter().zip(states) {
+                    match state {
+                        Some(s) => *counts.entry(s).or_insert(0) += 1,
+                        None => self.forget(id).await?,
                     }
                 }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(counts);
-            }
-            cursor = next;
         }
+        Ok(counts)
     }
 }

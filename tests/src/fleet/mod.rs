@@ -27,6 +27,7 @@ mod producer;
 mod proxy;
 mod rabbit;
 mod redis;
+pub mod redis_cluster;
 pub mod seed;
 mod task;
 mod worker;
@@ -158,6 +159,8 @@ pub struct FleetOptions {
     pub callback_key: Option<String>,
     /// Extra variables for every process (after the defaults: they win).
     pub env: Vec<(String, String)>,
+    /// Run on a Redis Cluster of six nodes instead of one Redis.
+    pub redis_cluster: bool,
 }
 
 impl Default for FleetOptions {
@@ -170,6 +173,7 @@ impl Default for FleetOptions {
             min_window_ms: None,
             callback_key: None,
             env: Vec::new(),
+            redis_cluster: false,
         }
     }
 }
@@ -189,6 +193,11 @@ impl FleetOptions {
     }
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
+        self
+    }
+    /// On a Redis Cluster ([`redis_cluster::RedisCluster`]).
+    pub fn redis_cluster(mut self) -> Self {
+        self.redis_cluster = true;
         self
     }
 }
@@ -212,7 +221,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Fleet {
     pub workers: Vec<FleetWorker>,
     pub coordinators: Vec<Coordinator>,
-    pub redis: RedisServer,
+    pub redis: redis_cluster::FleetRedis,
     pub broker: Broker,
     pub rtmp: RtmpServer,
     pub opts: FleetOptions,
@@ -233,7 +242,11 @@ impl Fleet {
         let mut f = Fleet {
             workers: Vec::new(),
             coordinators: Vec::new(),
-            redis: RedisServer::start(),
+            redis: if opts.redis_cluster {
+                redis_cluster::FleetRedis::Cluster(redis_cluster::RedisCluster::start())
+            } else {
+                redis_cluster::FleetRedis::Single(RedisServer::start())
+            },
             broker,
             rtmp: RtmpServer::start(),
             opts,
@@ -298,13 +311,11 @@ impl Fleet {
     }
 
     pub fn coordinator_env(&self) -> Vec<(String, String)> {
-        let mut e = vec![
-            ("VODFLEET_REDIS_URL".into(), self.redis.url()),
-            (
-                "VODFLEET_API_KEYS".into(),
-                format!("{}:{}", API_KEY.0, API_KEY.1),
-            ),
-        ];
+        let mut e = self.redis.env();
+        e.push((
+            "VODFLEET_API_KEYS".into(),
+            format!("{}:{}", API_KEY.0, API_KEY.1),
+        ));
         if let Some(ms) = self.opts.min_window_ms {
             e.push(("VODFLEET_MIN_WINDOW_MS".into(), ms.to_string()));
         }

@@ -158,6 +158,15 @@ impl RedisServer {
         self.query(&["HGETALL", key])
     }
 
+    /// How many tasks the index groups hold (their sets' sizes added up): the
+    /// coordinator shards its task set into `keys::GROUPS` sets since issue 10,
+    /// so `SCARD vodfleet:tasks` no longer counts them.
+    pub fn task_count(&self) -> usize {
+        (0..vodfleet_proto::fleet::keys::GROUPS)
+            .map(|g| self.query::<usize>(&["SCARD", &vodfleet_proto::fleet::keys::tasks_in(g)]))
+            .sum()
+    }
+
     /// Keys matching `pattern`, sorted.
     pub fn keys(&self, pattern: &str) -> Vec<String> {
         let mut k: Vec<String> = self.query(&["KEYS", pattern]);
