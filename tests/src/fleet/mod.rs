@@ -26,6 +26,7 @@ mod proc;
 mod producer;
 mod proxy;
 mod rabbit;
+pub mod rabbit_cluster;
 mod redis;
 pub mod redis_cluster;
 pub mod seed;

@@ -197,6 +197,12 @@ pub struct RabbitNode {
 impl RabbitNode {
     /// Starts the node and returns once its AMQP port answers (bounded).
     pub fn start() -> RabbitNode {
+        Self::start_with_cookie(&unique("VFCOOKIE").replace(['-', 'x'], "Q"))
+    }
+
+    /// [`RabbitNode::start`] with the Erlang cookie given: nodes that share
+    /// one can form a cluster ([`super::rabbit_cluster::RabbitCluster`]).
+    pub fn start_with_cookie(cookie: &str) -> RabbitNode {
         let dir = temp_dir("vodfleet-rabbit-");
         let path = dir.path().to_path_buf();
         let node = format!("{}@localhost", unique("vf"));
@@ -208,10 +214,10 @@ impl RabbitNode {
         for sub in ["home", "mnesia", "log"] {
             fs::create_dir_all(path.join(sub)).expect("mkdir");
         }
-        let cookie = path.join("home/.erlang.cookie");
-        fs::write(&cookie, unique("VFCOOKIE").replace(['-', 'x'], "Q")).expect("write cookie");
+        let cookie_file = path.join("home/.erlang.cookie");
+        fs::write(&cookie_file, cookie).expect("write cookie");
         use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&cookie, fs::Permissions::from_mode(0o400)).expect("chmod cookie");
+        fs::set_permissions(&cookie_file, fs::Permissions::from_mode(0o400)).expect("chmod cookie");
         // Our own (empty) env file: the machine's /etc/rabbitmq/rabbitmq-env.conf
         // names the machine's node.
         fs::write(path.join("rabbitmq-env.conf"), "").expect("write env file");
