@@ -15,6 +15,16 @@ pub enum Mode {
     Transcode(Box<Transcoder>),
 }
 
+/// The streams of an item a copy-mode output takes ([`Output::copy_streams`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Copied {
+    pub video: Option<usize>,
+    pub audio: Option<usize>,
+    /// The item's audio is another codec than the stream's AAC: it is
+    /// transcoded to AAC for this item (docs/design/timeline.md, "Seams").
+    pub conform_audio: bool,
+}
+
 pub struct Output {
     pub mode: Mode,
     pub setup: StreamSetup,
@@ -30,6 +40,9 @@ pub struct Output {
     pub last_dts: [i64; 2],
     /// The segment playing now (item, loop, its source origin), for positions in transcode mode.
     pub playing: (usize, u32, i64),
+    /// Copy mode: the audio-only transcoder conforming the current item's
+    /// audio to the stream's codec, if it needs one.
+    pub conform: Option<Box<Transcoder>>,
 }
 
 impl Output {
@@ -56,6 +69,7 @@ impl Output {
             dests: Vec::new(),
             last_dts: [-1, -1],
             playing: (0, 0, 0),
+            conform: None,
         })
     }
 
@@ -74,19 +88,39 @@ impl Output {
     }
 
     /// Checks that an item can be copied into this output, and notes a new
-    /// codec configuration when it differs from the previous item's.
+    /// codec configuration when it differs from the previous item's. An item
+    /// whose audio codec differs from an AAC stream's (MP3 after AAC) is
+    /// conformed: its audio is transcoded to AAC for this item alone
+    /// (`conform_audio`); any other codec change fails the item.
     pub fn copy_streams(
         &mut self,
         input: &ff::format::context::Input,
         video: Option<usize>,
         audio: Option<usize>,
-    ) -> Result<(Option<usize>, Option<usize>), String> {
+    ) -> Result<Copied, String> {
         let v = self.keep(input, video, Track::Video)?;
-        let a = self.keep(input, audio, Track::Audio)?;
+        let (a, conform_audio) = match self.keep(input, audio, Track::Audio) {
+            Ok(a) => (a, false),
+            Err(e) => {
+                let stream_aac = self
+                    .setup
+                    .audio
+                    .as_ref()
+                    .is_some_and(|p| p.codec_id() == CodecId::AAC);
+                if !stream_aac {
+                    return Err(e);
+                }
+                (audio, true)
+            }
+        };
         if v.is_none() && a.is_none() {
             return Err("no stream this task's output can carry".into());
         }
-        Ok((v, a))
+        Ok(Copied {
+            video: v,
+            audio: a,
+            conform_audio,
+        })
     }
 
     fn keep(
@@ -118,14 +152,20 @@ impl Output {
                 want.codec_id()
             ));
         }
-        let params = SharedParams(p);
+        self.note_config(track, &SharedParams(p))?;
+        Ok(Some(i))
+    }
+
+    /// Sends a new sequence header for `track` from now on if `params`'
+    /// configuration differs from the one on air.
+    pub fn note_config(&mut self, track: Track, params: &SharedParams) -> Result<(), String> {
         let extra = params.extradata();
         let slot = track as usize;
         if self.extradata[slot] != extra {
             self.config[slot] = frame::header(track, params.codec_id(), extra)?;
             self.extradata[slot] = extra.to_vec();
         }
-        Ok(Some(i))
+        Ok(())
     }
 
     /// The shared tag of a packet, carrying its track's configuration.

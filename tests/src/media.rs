@@ -70,6 +70,8 @@ pub struct MediaSpec {
     pub bframes: Option<u32>,
     /// Container metadata (`-metadata KEY=VALUE`), e.g. `creation_time`.
     pub tags: Vec<(String, String)>,
+    /// MP3 audio (libmp3lame) instead of AAC.
+    pub mp3: bool,
 }
 
 impl MediaSpec {
@@ -91,6 +93,7 @@ impl MediaSpec {
             noise: false,
             bframes: None,
             tags: Vec::new(),
+            mp3: false,
         }
     }
 
@@ -111,6 +114,12 @@ impl MediaSpec {
 
     pub fn bframes(mut self, n: u32) -> Self {
         self.bframes = Some(n);
+        self
+    }
+
+    /// MP3 audio instead of AAC (an unlike seam in a copy-mode playlist).
+    pub fn mp3(mut self) -> Self {
+        self.mp3 = true;
         self
     }
 
@@ -159,7 +168,8 @@ impl MediaSpec {
         if let Some(bf) = self.bframes {
             a.extend(["-bf".into(), bf.to_string()]);
         }
-        a.extend(["-c:a", "aac", "-ac", "2", "-ar", "44100", "-b:a", "96k"].map(String::from));
+        let acodec = if self.mp3 { "libmp3lame" } else { "aac" };
+        a.extend(["-c:a", acodec, "-ac", "2", "-ar", "44100", "-b:a", "96k"].map(String::from));
         for (k, v) in &self.tags {
             a.extend(["-metadata".into(), format!("{k}={v}")]);
         }

@@ -129,6 +129,27 @@ impl Transcoder {
         Ok(Transcoder { video, audio })
     }
 
+    /// Starts the audio clock `us` later (before any sample was queued): an
+    /// item conformed mid-stream places its encoder's priming after the audio
+    /// already on air instead of over its last frame.
+    pub fn delay_audio(&mut self, us: i64) {
+        if let Some(a) = &mut self.audio {
+            let n = us.max(0) * AUDIO_RATE as i64 / 1_000_000;
+            a.queued += n;
+            a.encoded += n;
+        }
+    }
+
+    /// How far the audio encoder's first output lies before its first input
+    /// (AAC priming), in microseconds.
+    pub fn audio_priming_us(&self) -> i64 {
+        self.audio.as_ref().map_or(0, |a| {
+            // SAFETY: reading a plain field of the codec context the encoder owns.
+            let padding = unsafe { (*a.enc.as_ptr()).initial_padding };
+            i64::from(padding.max(0)) * 1_000_000 / AUDIO_RATE as i64
+        })
+    }
+
     /// Codec configuration of the encoded output, for the FLV header.
     pub fn setup(&self) -> StreamSetup {
         StreamSetup {

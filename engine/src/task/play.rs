@@ -13,24 +13,8 @@ use crate::output::{self, Mode, Output};
 use crate::plan::{self, Played, Segment};
 use crate::timeline::Track;
 use ffmpeg_next as ff;
-use std::time::Instant;
 use vodfleet_proto::command::{Cut, SourceSpec};
-use vodfleet_proto::{redact, Position};
-
-/// How early a packet may leave before its real-time deadline: far below the
-/// initial burst players already buffer.
-const PACING_SLACK: std::time::Duration = std::time::Duration::from_millis(40);
-
-/// The shortest time between two pacing wake-ups of a task. A wake-up sends
-/// every packet that has become due since the last one (a 25 fps video and
-/// AAC stream has about 3 per 50 ms), and each destination writes them with
-/// one `writev`: about 20 wake-ups and writes per stream a second instead of
-/// one per packet (about 68). A packet leaves at most this minus
-/// `PACING_SLACK` (10 ms) after its deadline.
-const WAKE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// Decode order runs behind presentation by at most a few frames (B-frames).
-const REORDER_WINDOW_MS: u64 = 500;
+use vodfleet_proto::redact;
 
 impl Task {
     pub(super) async fn play_item(
@@ -141,9 +125,17 @@ impl Task {
             source: redact::source(&spec.url),
         });
         let (video, audio) = match &mut o.mode {
-            Mode::Copy => o
-                .copy_streams(&input, video, audio)
-                .map_err(|c| media_err(0, MediaError::new(Fault::Unsupported, c)))?,
+            Mode::Copy => {
+                let c = o
+                    .copy_streams(&input, video, audio)
+                    .map_err(|c| media_err(0, MediaError::new(Fault::Unsupported, c)))?;
+                o.conform = None;
+                if c.conform_audio {
+                    self.conform_audio(o, &input, c.audio)
+                        .map_err(|c| media_err(0, MediaError::new(Fault::Codec, c)))?;
+                }
+                (c.video, c.audio)
+            }
             Mode::Transcode(t) => {
                 t.open_item(&input, video, audio)
                     .map_err(|c| media_err(0, MediaError::new(Fault::Codec, c)))?;
@@ -186,7 +178,38 @@ impl Task {
             }
             self.play_segment(&mut reader, o, &seg).await?;
         }
+        if let Some(mut t) = o.conform.take() {
+            // The conforming encoder holds the item's last audio frames.
+            let pkts = t.flush();
+            self.send_all(o, pkts).await?;
+        }
         Ok(Played::Yes)
+    }
+
+    /// Copy mode, an item whose audio is not the stream's codec (MP3 after
+    /// AAC): its audio is transcoded to AAC while its video is copied, and the
+    /// new AAC configuration goes on air as a sequence header if it differs.
+    fn conform_audio(
+        &self,
+        o: &mut Output,
+        input: &ff::format::context::Input,
+        audio: Option<usize>,
+    ) -> Result<(), String> {
+        let aac = vodfleet_proto::command::Transcode::default();
+        // Its audio clock starts where the item will: the end of what is on air.
+        let mut t = Transcoder::new(input, None, audio, &aac, o.timeline.reached())?;
+        t.delay_audio(t.audio_priming_us());
+        t.open_item(input, None, audio)?;
+        if let Some(params) = t.setup().audio {
+            o.note_config(Track::Audio, &params)?;
+        }
+        let codec = audio
+            .and_then(|i| input.stream(i))
+            .map(|s| format!("{:?}", s.parameters().id()))
+            .unwrap_or_default();
+        tracing::info!(task.id = %self.spec.id, item = o.playing.0, %codec, "the item's audio is not the stream's AAC: conforming it (audio transcoded to AAC, video copied)");
+        o.conform = Some(Box::new(t));
+        Ok(())
     }
 
     fn open_output(
@@ -239,18 +262,7 @@ impl Task {
             };
             (Mode::Copy, setup)
         } else {
-            let settings =
-                self.spec
-                    .transcode
-                    .clone()
-                    .unwrap_or(vodfleet_proto::command::Transcode {
-                        width: None,
-                        height: None,
-                        fps: None,
-                        video_kbps: None,
-                        vcodec: vodfleet_proto::command::VideoCodec::H264,
-                        acodec: vodfleet_proto::command::AudioCodec::Aac,
-                    });
+            let settings = self.spec.transcode.clone().unwrap_or_default();
             let t = Transcoder::new(input, video, audio, &settings, self.timeline_base_us())
                 .map_err(media_fail(Fault::Codec))?;
             let setup = t.setup();
@@ -430,6 +442,12 @@ impl Task {
             for p in on_air.drain(..) {
                 self.emit(o, p, seg).await?;
             }
+            if let Some(t) = &mut o.conform {
+                let pkts = t
+                    .end_segment(seg, &mut o.timeline)
+                    .map_err(|c| self.seg_err(seg, seg.start, MediaError::new(Fault::Codec, c)))?;
+                self.send_all(o, pkts).await?;
+            }
         }
         Ok(())
     }
@@ -452,7 +470,15 @@ impl Task {
         p: cut::Packet<ff::Packet>,
         seg: &Segment,
     ) -> Result<(), Halt> {
+        if let (Track::Audio, Some(t)) = (p.track, o.conform.as_mut()) {
+            // A conformed item's audio: decoded and encoded, placed by the encoder.
+            let pkts = t
+                .decode(Track::Audio, &p.data, seg, &mut o.timeline)
+                .map_err(|c| self.seg_err(seg, p.pts, MediaError::new(Fault::Codec, c)))?;
+            return self.send_all(o, pkts).await;
+        }
         let (opts, odts) = o.timeline.place(p.track, p.pts, p.dts, p.dur);
+        o.last_dts[p.track as usize] = o.last_dts[p.track as usize].max(odts);
         let out = OutPacket {
             packet: p.data,
             track: p.track,
@@ -463,113 +489,5 @@ impl Task {
         self.send(o, out).await?;
         self.set_position(seg.item, seg.pass, p.pts - seg.origin, odts);
         Ok(())
-    }
-
-    /// Sends packets that are already on the output timeline (transcode mode).
-    async fn send_all(&mut self, o: &mut Output, pkts: Vec<OutPacket>) -> Result<(), Halt> {
-        for mut p in pkts {
-            // Encoders may start below zero (AAC priming) and must never go back per track.
-            let last = &mut o.last_dts[p.track as usize];
-            p.dts_us = p.dts_us.max(0).max(*last + 1);
-            p.pts_us = p.pts_us.max(p.dts_us);
-            *last = p.dts_us;
-            let dts = p.dts_us;
-            self.send(o, p).await?;
-            // Encoded packets carry output time only; the timeline maps it back to the item.
-            let (item, pass, origin) = o.playing;
-            self.set_position(item, pass, o.timeline.source_time(dts) - origin, dts);
-        }
-        Ok(())
-    }
-
-    /// Encoders hold a few frames at the end of the task; sends them.
-    pub(super) async fn flush_encoder(&mut self, o: &mut Output) -> Result<(), Halt> {
-        if let Mode::Transcode(t) = &mut o.mode {
-            let pkts = t.flush();
-            self.send_all(o, pkts).await?;
-        }
-        Ok(())
-    }
-
-    /// Waits for the packet's deadline (answering control messages meanwhile),
-    /// then offers it to every destination.
-    async fn send(&mut self, o: &mut Output, p: OutPacket) -> Result<(), Halt> {
-        // A packet already due goes now; one that is not waits for the next
-        // wake-up, at most one per WAKE_INTERVAL, which sends everything that
-        // became due meanwhile.
-        let deadline = o
-            .pacer
-            .deadline(p.dts_us)
-            .checked_sub(PACING_SLACK)
-            .unwrap_or_else(|| o.pacer.now());
-        // Due at or before the current wake-up: part of its batch.
-        let wake = if deadline <= self.last_wake {
-            self.last_wake
-        } else {
-            deadline.max(self.last_wake + WAKE_INTERVAL)
-        };
-        loop {
-            let now = Instant::now();
-            if self.end_at.is_some_and(|e| now >= e) {
-                return Err(Halt::End);
-            }
-            if now >= wake {
-                if wake > self.last_wake {
-                    self.last_wake = now;
-                }
-                break;
-            }
-            let until = self.end_at.map_or(wake, |e| e.min(wake));
-            // The only wait in the pipeline: it ends at the deadline, at `end_ms` or on a control message.
-            tokio::select! {
-                biased;
-                c = self.control.recv() => match c {
-                    Some(c) => self.obey(c)?,
-                    None => return Err(Halt::Stop),
-                },
-                _ = tokio::time::sleep_until(until.into()) => {}
-            }
-        }
-        self.close_stopped(o);
-        self.status
-            .set_lag(o.pacer.lag(p.dts_us).as_millis() as u64);
-        let Some(frame) = o.frame(&p) else {
-            return Ok(());
-        };
-        if !o.fan_out(&frame) {
-            return Err(Halt::Fail(WorkerError::AllDestinationsFailed {
-                task: self.spec.id.clone(),
-            }));
-        }
-        Ok(())
-    }
-
-    /// Closes the destinations a `Control::StopForwards` named (each reports `stopped`).
-    fn close_stopped(&self, o: &mut Output) {
-        for (d, stop) in o.dests.iter_mut().zip(&self.stop_requested) {
-            if *stop && d.alive() {
-                d.halt();
-            }
-        }
-    }
-
-    /// Records the last packet handed to the destinations (`src_us`: its offset in the item).
-    fn set_position(&self, item: usize, pass: u32, src_us: i64, out_dts: i64) {
-        let mut p = self.status.position.lock().expect("position lock");
-        let offset_ms = (src_us.max(0) / 1000) as u64;
-        // With B-frames, packets leave in decode order: a packet's PTS can be below
-        // one already sent. The position is the furthest picture sent, so a small
-        // step back within the same item is reordering and is not a new position
-        // (a jump back by more than that is a new range or a new pass).
-        let reordered = p.item == item
-            && p.loop_index == pass
-            && offset_ms < p.offset_ms
-            && p.offset_ms - offset_ms < REORDER_WINDOW_MS;
-        *p = Position {
-            item,
-            loop_index: pass,
-            offset_ms: if reordered { p.offset_ms } else { offset_ms },
-            timeline_ms: (out_dts / 1000).max(0) as u64,
-        };
     }
 }

@@ -155,6 +155,20 @@ pub struct Transcode {
     pub acodec: AudioCodec,
 }
 
+impl Default for Transcode {
+    /// H.264 and AAC, everything else as the source has it.
+    fn default() -> Self {
+        Transcode {
+            width: None,
+            height: None,
+            fps: None,
+            video_kbps: None,
+            vcodec: VideoCodec::H264,
+            acodec: AudioCodec::Aac,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VideoCodec {
     H264,
