@@ -44,6 +44,10 @@ pub enum BusError {
     /// The broker refused a publish.
     #[error("RabbitMQ did not confirm the message (nack)")]
     Nacked,
+    /// No confirm (nor nack) came within [`CONFIRM_TIMEOUT`]: the message may
+    /// or may not have been taken.
+    #[error("RabbitMQ did not confirm the message within {0:?}")]
+    Unconfirmed(Duration),
     /// A message could not be encoded as JSON.
     #[error("encoding a message: {0}")]
     Encode(#[from] serde_json::Error),
@@ -106,6 +110,11 @@ pub struct Bus {
 /// How long a publisher channel replaced after a nack stays open, so that
 /// confirms still in flight on it can arrive.
 const REPLACED_CHANNEL_GRACE: Duration = Duration::from_secs(10);
+
+/// The longest a publish waits for the broker's confirm: a broker that takes
+/// the message but never answers (a stuck quorum queue) must not stall its
+/// caller (the reaper, an HTTP request, the outbox) for good.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Bus {
     /// Connects and declares the topology once. `urls` is one AMQP URL or a
@@ -404,7 +413,7 @@ async fn publish_on(
     body: &[u8],
     props: BasicProperties,
 ) -> Result<bool, BusError> {
-    let confirm = ch
+    let pending = ch
         .basic_publish(
             exchange,
             routing_key,
@@ -412,8 +421,10 @@ async fn publish_on(
             body,
             props,
         )
-        .await?
         .await?;
+    let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, pending)
+        .await
+        .map_err(|_| BusError::Unconfirmed(CONFIRM_TIMEOUT))??;
     Ok(!confirm.is_nack())
 }
 
