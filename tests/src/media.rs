@@ -23,6 +23,8 @@ pub enum Pattern {
     SmpteBars,
     /// The older `testsrc` pattern (moving, different layout).
     TestSrc,
+    /// A flat mid-grey picture (for judging what is drawn over it).
+    Grey,
 }
 
 impl Pattern {
@@ -31,6 +33,7 @@ impl Pattern {
             Pattern::TestSrc2 => "testsrc2",
             Pattern::SmpteBars => "smptebars",
             Pattern::TestSrc => "testsrc",
+            Pattern::Grey => "color=c=0x808080",
         }
     }
 }
@@ -140,8 +143,13 @@ impl MediaSpec {
             "lavfi".into(),
             "-i".into(),
             format!(
-                "{}=size={}x{}:rate={}",
+                "{}{}size={}x{}:rate={}",
                 self.pattern.lavfi(),
+                if self.pattern.lavfi().contains('=') {
+                    ':'
+                } else {
+                    '='
+                },
                 self.width,
                 self.height,
                 self.fps

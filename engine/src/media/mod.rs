@@ -9,6 +9,7 @@
 
 pub mod demux;
 pub mod transcode;
+pub mod watermark;
 
 use ffmpeg_next as ff;
 use std::ffi::c_int;

@@ -108,6 +108,8 @@ pub struct Task {
     end_at: Option<Instant>,
     /// When the task last woke up to send (pacing batches its wake-ups).
     last_wake: Instant,
+    /// Watermark images decoded so far, by URL (loops reuse them).
+    watermarks: std::collections::HashMap<String, Arc<crate::media::watermark::Image>>,
 }
 
 /// Why a segment or item stopped early.
@@ -163,6 +165,7 @@ impl Task {
             update: None,
             end_at,
             last_wake: Instant::now(),
+            watermarks: Default::default(),
         }
     }
 

@@ -8,12 +8,13 @@ use crate::error::{Fault, MediaError, WorkerError};
 use crate::event::Event;
 use crate::media::demux::{ReadAhead, TimingCheck};
 use crate::media::transcode::Transcoder;
-use crate::media::{self, OutPacket, SharedParams, StreamSetup};
+use crate::media::{self, watermark, OutPacket, SharedParams, StreamSetup};
 use crate::output::{self, Mode, Output};
 use crate::plan::{self, Played, Segment};
 use crate::timeline::Track;
 use ffmpeg_next as ff;
-use vodfleet_proto::command::{Cut, SourceSpec};
+use std::sync::Arc;
+use vodfleet_proto::command::{Cut, SourceSpec, WatermarkPosition};
 use vodfleet_proto::redact;
 
 impl Task {
@@ -137,6 +138,17 @@ impl Task {
                 (c.video, c.audio)
             }
             Mode::Transcode(t) => {
+                let image = match &spec.watermark {
+                    None => None,
+                    Some(w) => Some(self.watermark(&w.image_url).await.map_err(|e| {
+                        media_err(
+                            0,
+                            MediaError::new(e.fault, format!("watermark image: {}", e.cause)),
+                        )
+                    })?),
+                };
+                let position = spec.watermark.as_ref().map(|w| w.position);
+                t.set_watermark(image, position.unwrap_or(WatermarkPosition::TopLeft));
                 t.open_item(&input, video, audio)
                     .map_err(|c| media_err(0, MediaError::new(Fault::Codec, c)))?;
                 (video, audio)
@@ -186,6 +198,26 @@ impl Task {
         Ok(Played::Yes)
     }
 
+    /// The decoded watermark image at `url`: fetched like a source (under the
+    /// URL policy), decoded off the event loop, kept for the task's next items.
+    async fn watermark(&mut self, url: &str) -> Result<Arc<watermark::Image>, MediaError> {
+        if let Some(img) = self.watermarks.get(url) {
+            return Ok(img.clone());
+        }
+        let path = self
+            .sources
+            .local(url)
+            .await
+            .map_err(|e| MediaError::new(e.fault(), e.to_string()))?;
+        let img = tokio::task::spawn_blocking(move || watermark::load(&path))
+            .await
+            .map_err(|e| MediaError::new(Fault::Local, e.to_string()))?
+            .map_err(|c| MediaError::new(Fault::BadMedia, c))?;
+        let img = Arc::new(img);
+        self.watermarks.insert(url.to_owned(), img.clone());
+        Ok(img)
+    }
+
     /// Copy mode, an item whose audio is not the stream's codec (MP3 after
     /// AAC): its audio is transcoded to AAC while its video is copied, and the
     /// new AAC configuration goes on air as a sequence header if it differs.
@@ -218,12 +250,6 @@ impl Task {
         video: Option<usize>,
         audio: Option<usize>,
     ) -> Result<Output, Halt> {
-        let fail = |cause: String| {
-            Halt::Fail(WorkerError::Unsupported {
-                task: self.spec.id.clone(),
-                cause,
-            })
-        };
         let task_id = self.spec.id.clone();
         let media_fail = |fault: Fault| {
             let task = task_id.clone();
@@ -238,18 +264,16 @@ impl Task {
                 })
             }
         };
-        if self.spec.sources.iter().any(|s| s.watermark.is_some()) {
-            return Err(fail(
-                "watermarks are not supported by this worker yet".into(),
-            ));
-        }
         let params = |i: Option<usize>| i.and_then(|i| input.stream(i)).map(|s| s.parameters());
         let fps = video
             .and_then(|i| input.stream(i))
             .map(|s| s.avg_frame_rate())
             .filter(|r| r.1 > 0 && r.0 > 0)
             .map(|r| r.0 as f64 / r.1 as f64);
+        // A watermark is drawn into decoded pictures: its task transcodes.
+        let watermarked = self.spec.sources.iter().any(|s| s.watermark.is_some());
         let copy = self.spec.transcode.is_none()
+            && !watermarked
             && output::copyable(params(video).as_ref(), params(audio).as_ref());
         if !copy && self.placement == Placement::Shard {
             tracing::info!(task.id = %self.spec.id, "the source needs transcoding: moving the task to a thread of its own");
