@@ -40,6 +40,9 @@ pub struct Config {
     /// `s3://` sources: `VODFLEET_S3_ENDPOINT`, `VODFLEET_S3_REGION`,
     /// `VODFLEET_S3_PATH_STYLE`, `VODFLEET_S3_BUCKETS` and the `AWS_*` credentials.
     pub s3: crate::source::s3::S3Settings,
+    /// `VODFLEET_HLS_MAX_BANDWIDTH`: of a master playlist's variants, the
+    /// highest bandwidth (bits/s) at or under this is played; unset: the highest.
+    pub hls_max_bandwidth: Option<u64>,
 }
 
 impl Config {
@@ -78,6 +81,10 @@ impl Config {
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from),
             s3: crate::source::s3::S3Settings::from_lookup(&get)?,
+            hls_max_bandwidth: match get("VODFLEET_HLS_MAX_BANDWIDTH") {
+                None => None,
+                Some(_) => Some(num(&get, "VODFLEET_HLS_MAX_BANDWIDTH", 0)?),
+            },
         })
     }
 }

@@ -6,6 +6,7 @@
 //! presigned `https` GET ([`s3`]). Downloads of later items run while
 //! earlier ones play, and each URL is fetched once per task however often it loops.
 
+pub mod hls;
 mod http;
 pub mod s3;
 
@@ -42,6 +43,8 @@ pub struct Sources {
     cancel: CancellationToken,
     rt: tokio::runtime::Handle,
     slots: Mutex<HashMap<String, Slot>>,
+    /// Recording start times playlists stated, by source URL (HLS).
+    starts: Mutex<HashMap<String, u64>>,
     /// Watermark image URLs, and whether their names passed the policy.
     watermarks: Vec<String>,
     watermarks_checked: OnceCell<Result<(), Arc<WorkerError>>>,
@@ -73,6 +76,7 @@ impl Sources {
             cancel,
             rt,
             slots: Mutex::new(HashMap::new()),
+            starts: Mutex::new(HashMap::new()),
             watermarks: watermark_urls(spec),
             watermarks_checked: OnceCell::new(),
         }))
@@ -121,6 +125,7 @@ impl Sources {
                     .map_err(|r| self.refuse(url, r))?;
                 self.fetch(url, &signed).await
             }
+            "http" | "https" if hls::is_playlist(url) => self.hls(url).await,
             "http" | "https" => self.fetch(url, url).await,
             other => Err(WorkerError::Unsupported {
                 task: self.task_id.clone(),
@@ -135,6 +140,64 @@ impl Sources {
     /// Downloads `fetch_url` (the source's URL, or the presigned URL of an
     /// `s3://` one) under the URL policy into the file named after `url`.
     async fn fetch(&self, url: &str, fetch_url: &str) -> Result<PathBuf, WorkerError> {
+        let dest = self.dir.join(hex_digest(url));
+        self.fetch_to(url, fetch_url, &dest).await?;
+        Ok(dest)
+    }
+
+    /// An HLS playlist's media, fetched into one file ([`hls`]).
+    async fn hls(&self, url: &str) -> Result<PathBuf, WorkerError> {
+        let unsupported = |cause: String| WorkerError::Unsupported {
+            task: self.task_id.clone(),
+            cause: format!("HLS source {}: {cause}", redact::source(url)),
+        };
+        let (mut at, mut nested) = (url.to_owned(), false);
+        let plan = loop {
+            let path = self.dir.join(format!("{}.m3u8", hex_digest(&at)));
+            self.fetch_to(&at, &at, &path).await?;
+            let body = read_bounded(&path, hls::MAX_PLAYLIST_BYTES).map_err(&unsupported)?;
+            let _ = std::fs::remove_file(&path);
+            match hls::parse(&at, &body, nested, self.cfg.hls_max_bandwidth)
+                .map_err(&unsupported)?
+            {
+                hls::Parsed::Media(plan) => break plan,
+                hls::Parsed::Variant(next) => (at, nested) = (next, true),
+            }
+        };
+        let dest = self.dir.join(hex_digest(url));
+        let part = self.dir.join(format!("{}.part", hex_digest(url)));
+        let cache = |e: std::io::Error| unsupported(format!("cache file: {e}"));
+        let mut out = tokio::fs::File::create(&dest).await.map_err(cache)?;
+        for segment in &plan.urls {
+            // Each segment is a source of its own: the policy, the timeouts,
+            // the retries and Range resume apply to it.
+            let _ = tokio::fs::remove_file(&part).await;
+            self.fetch_to(segment, segment, &part).await?;
+            let mut r = tokio::fs::File::open(&part).await.map_err(cache)?;
+            tokio::io::copy(&mut r, &mut out).await.map_err(cache)?;
+        }
+        tokio::io::AsyncWriteExt::flush(&mut out)
+            .await
+            .map_err(cache)?;
+        let _ = std::fs::remove_file(&part);
+        if let Some(ms) = plan.start_ms {
+            self.starts
+                .lock()
+                .expect("starts lock")
+                .insert(url.to_owned(), ms);
+        }
+        tracing::info!(task.id = %self.task_id, url = %redact::source(url), segments = plan.urls.len(), "HLS source fetched");
+        Ok(dest)
+    }
+
+    /// When the recording at `url` started, if its playlist said so
+    /// (`EXT-X-PROGRAM-DATE-TIME`); `None` for other sources (their container
+    /// may say: `media::recording_start_ms`).
+    pub fn recording_start(&self, url: &str) -> Option<u64> {
+        self.starts.lock().expect("starts lock").get(url).copied()
+    }
+
+    async fn fetch_to(&self, url: &str, fetch_url: &str, dest: &Path) -> Result<(), WorkerError> {
         let parsed = url::Url::parse(fetch_url).map_err(|e| self.refuse(url, e.to_string()))?;
         policy::check_url_host(&parsed, self.cfg.allow_private_networks)
             .map_err(|r| self.refuse(url, r))?;
@@ -148,19 +211,17 @@ impl Sources {
                 return Err(self.refuse(url, why));
             }
         }
-        let dest = self.dir.join(hex_digest(url));
         http::Fetch {
             client: &self.client,
             cfg: &self.cfg,
             task_id: &self.task_id,
             url: fetch_url,
             shown: url,
-            dest: &dest,
+            dest,
             cancel: &self.cancel,
         }
         .run()
-        .await?;
-        Ok(dest)
+        .await
     }
 
     /// Watermark images the URL policy would never fetch, refused before the
@@ -225,6 +286,15 @@ pub fn vod_path(root: &Path, name: &str) -> Result<PathBuf, String> {
         return Err(format!("vod://{name} is not a regular file"));
     }
     Ok(path)
+}
+
+/// The file at `path`, if at most `max` bytes.
+fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    if len > max {
+        return Err(format!("the playlist is {len} bytes; the limit is {max}"));
+    }
+    std::fs::read(path).map_err(|e| e.to_string())
 }
 
 fn hex_digest(s: &str) -> String {

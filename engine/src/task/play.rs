@@ -77,9 +77,13 @@ impl Task {
             Cut::Whole => plan::whole(),
             Cut::Relative(r) => r.clone(),
             Cut::Absolute(abs) => {
-                let start = media::recording_start_ms(&input).ok_or_else(|| {
-                    media_err(0, bad("absofftime: the recording states no start time (mp4 creation_time or FLV onMetaData creationdate)".into()))
-                })?;
+                let start = self
+                    .sources
+                    .recording_start(&spec.url)
+                    .or_else(|| media::recording_start_ms(&input))
+                    .ok_or_else(|| {
+                        media_err(0, bad("absofftime: the recording states no start time (mp4 creation_time, FLV onMetaData creationdate or HLS EXT-X-PROGRAM-DATE-TIME)".into()))
+                    })?;
                 let r = plan::absolute_ranges(abs, start, duration_ms);
                 if r.is_empty() {
                     return Err(media_err(
