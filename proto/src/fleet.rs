@@ -37,9 +37,10 @@ pub mod keys {
     pub fn resume(id: &str) -> String {
         format!("vodfleet:resume:{{{id}}}")
     }
-    /// How many groups the task indexes are sharded into (docs/design/fleet.md
-    /// "Redis"). Each group's two index keys share one hash tag, so they sit in
-    /// one Redis Cluster slot; the groups spread over the cluster's masters.
+    /// How many groups the task indexes are sharded into (docs/design/fleet.md,
+    /// "Index groups and Redis Cluster"). Each group's two index keys share one
+    /// hash tag, so they sit in one Redis Cluster slot; the groups spread over
+    /// the cluster's masters.
     /// Changing it moves tasks between groups: see [`group`].
     pub const GROUPS: u32 = 16;
     /// The index group of a task: 32-bit FNV-1a of the id's UTF-8 bytes, mod
@@ -76,8 +77,26 @@ pub mod keys {
     pub const LEGACY_DUE: &str = "vodfleet:due";
     /// The one task set of before the groups: migrated like [`LEGACY_DUE`].
     pub const LEGACY_TASKS: &str = "vodfleet:tasks";
+
     /// 48 hours, as the seed requires (docs/contract.md#resume-record).
     pub const RESUME_TTL_SECS: u64 = 172_800;
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// Pinned: a change here would strand every indexed task in the wrong group.
+        #[test]
+        fn the_group_hash_never_changes() {
+            assert_eq!(GROUPS, 16);
+            let pinned = [("", 5), ("t1", 6), ("task-0001", 0), ("页", 14)];
+            for (id, g) in pinned {
+                assert_eq!(group(id), g, "{id:?}");
+            }
+            assert_eq!(due_of("t1"), "vodfleet:due:{g6}");
+            assert_eq!(tasks_of("t1"), "vodfleet:tasks:{g6}");
+        }
+    }
 }
 
 /// State of one destination as a worker sees it.

@@ -153,6 +153,10 @@ fn a_killed_master_is_replaced_by_its_replica_and_the_lease_goes_on() {
         fleet.reports()
     );
     eprintln!("first renewal after the kill: {renewed:?}");
+    // Every coordinator says it is ready again (its /readyz pings the cluster).
+    let t = Instant::now();
+    fleet.wait_all_ready(Duration::from_secs(30));
+    eprintln!("every process ready {:?} after the promotion", t.elapsed());
     // Well past the old lease: the task never left its worker.
     std::thread::sleep(Duration::from_millis(SOAK_LEASE_TTL_MS) + Duration::from_secs(2));
     let task = fleet
