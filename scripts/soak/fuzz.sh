@@ -6,7 +6,7 @@
 #
 #   SECONDS_PER_TARGET  default 3600 (1 h each)
 #   TARGET              default: every target of fuzz/Cargo.toml
-#                       (command, rtmp_messages, flv_tags, rtmp_url)
+#                       (command, rtmp_messages, flv_tags, rtmp_url, signature, hls_playlist)
 #
 # Environment:
 #   VF_FUZZ_OUT        where logs and the summary go (default .vodfleet/fuzz)
