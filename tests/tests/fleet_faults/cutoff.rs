@@ -2,7 +2,9 @@
 //! keeps its sockets open: silence, not a refusal) while its RTMP output still
 //! flows. It must stop its own stream before the coordinator's lease in Redis
 //! expires, and the stream must come back from another worker, never two
-//! publishers at once.
+//! publishers at once. Its heartbeats over the coordinators' HTTP API are
+//! refused meanwhile (the coordinators reach RabbitMQ: docs/design/fleet.md,
+//! "Broker outage").
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -98,6 +100,16 @@ fn a_worker_cut_off_from_the_broker_stops_its_stream_before_the_lease_expires() 
         fleet.reports()
     );
     assert!(proxy.dropped() > 0, "nothing reached the cut proxy");
+    // Its heartbeats went to the coordinators' HTTP API too, and were refused
+    // there: the coordinators reach RabbitMQ, so this worker alone is cut off.
+    let refused = fleet
+        .worker(&cut_off)
+        .metric("vodfleet_worker_http_heartbeats_total{outcome=\"refused\"}");
+    assert!(
+        refused.is_some_and(|n| n >= 1.0),
+        "the cut-off worker's heartbeats were not refused over HTTP ({refused:?})\n{}",
+        fleet.reports()
+    );
 
     // The stream comes back from the other worker.
     let sessions = live
