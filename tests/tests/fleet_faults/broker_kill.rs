@@ -103,18 +103,33 @@ fn confirmed_commands_survive_kills(n: usize, kills: usize) {
             republished += publish_until_confirmed(&fleet, &mut producer, msgs);
             continue;
         }
-        // kill -9 while this window is in flight.
+        // kill -9 while this window is in flight. Its first half is confirmed
+        // before; then the broker is frozen (SIGSTOP) so the second half is
+        // surely sent and unconfirmed when the SIGKILL comes: a broker that
+        // answers 100 publishes within a few ms would otherwise confirm the
+        // whole window before any kill could land.
+        let (before, during) = msgs.split_at(msgs.len() / 2);
+        republished += publish_until_confirmed(&fleet, &mut producer, before.to_vec());
         let pid = fleet.rabbit().pid().expect("node runs");
+        let group = format!("-{pid}");
+        let signal = |sig: &str| {
+            Command::new("kill")
+                .args([sig, "--", &group])
+                .status()
+                .expect("kill")
+        };
+        assert!(signal("-STOP").success(), "SIGSTOP the broker");
         let killer = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(3));
+            std::thread::sleep(Duration::from_millis(200));
             Command::new("kill")
                 .args(["-KILL", "--", &format!("-{pid}")])
                 .status()
         });
-        let results = producer.publish_batch(&msgs, Duration::from_secs(5));
+        let results = producer.publish_batch(during, Duration::from_secs(5));
         let _ = killer.join();
-        let lost: Vec<(Vec<u8>, String)> = msgs
-            .into_iter()
+        let lost: Vec<(Vec<u8>, String)> = during
+            .iter()
+            .cloned()
             .zip(&results)
             .filter(|(_, r)| r.is_err())
             .map(|(m, _)| m)
