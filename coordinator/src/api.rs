@@ -21,11 +21,18 @@ use vodfleet_proto::command::MAX_BODY_BYTES;
 use vodfleet_proto::fleet::{WorkerMessage, COMMANDS_QUEUE};
 use vodfleet_proto::{parse_command, sign, Cmd, FieldError};
 
+/// The largest heartbeat taken over HTTP: about 100,000 tasks' lines.
+pub const HEARTBEAT_MAX_BYTES: usize = 16 * 1024 * 1024;
+
 pub fn router(ctx: Arc<Ctx>) -> Router {
     Router::new()
         .route("/api/cdn/v2/forwardRequest.action", post(command))
         .route("/v1/commands", post(command))
-        .route("/v1/heartbeats", post(heartbeat))
+        // A heartbeat lists every task of its worker: thousands of lines.
+        .route(
+            "/v1/heartbeats",
+            post(heartbeat).layer(axum::extract::DefaultBodyLimit::max(HEARTBEAT_MAX_BYTES)),
+        )
         .route("/v1/tasks", get(list))
         .route("/v1/tasks/{id}", get(one))
         .route("/metrics", get(metrics))
@@ -171,10 +178,11 @@ async fn command(
 }
 
 /// A worker's heartbeat over HTTP, answered with the [`LeaseAck`](vodfleet_proto::fleet::ToWorker::LeaseAck)
-/// RabbitMQ would have carried. Only while this coordinator cannot reach
-/// RabbitMQ either (or came back less than a lease ago): a worker cut off from
-/// a broker that works for everyone else is refused, so it fences its tasks and
-/// they move to a worker the coordinators can reach (docs/RELIABILITY.md, row 5).
+/// RabbitMQ would have carried. Only while RabbitMQ does not carry heartbeats
+/// for this coordinator either ([`Ctx::broker_carries_heartbeats`]): a worker
+/// cut off from a broker that works for everyone else is refused, so it fences
+/// its tasks and they move to a worker the coordinators can reach
+/// (docs/RELIABILITY.md, row 5).
 async fn heartbeat(
     State(ctx): State<Arc<Ctx>>,
     method: Method,
@@ -203,16 +211,11 @@ async fn heartbeat(
             return seed_error(400, &format!("body: not a heartbeat: {e}"));
         }
     };
-    if ctx
-        .bus
-        .up_for()
-        .await
-        .is_some_and(|up| up > ctx.cfg.lease_ttl)
-    {
+    if ctx.broker_carries_heartbeats().await {
         ctx.metrics.http_heartbeat("refused");
         return seed_error(
             409,
-            "RabbitMQ is up at this coordinator: heartbeats go through it; a worker that cannot reach it must stop its tasks",
+            "RabbitMQ carries heartbeats at this coordinator: a worker that cannot reach it must stop its tasks",
         );
     }
     let (worker_id, seq, sent_ms, tasks) = beat;

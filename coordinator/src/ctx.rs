@@ -47,6 +47,9 @@ pub struct Ctx {
     /// Work orders whose publish failed, by task id, offered again as soon as
     /// RabbitMQ is back ([`Ctx::reoffer_unsent`]) rather than a lease later.
     pub unsent: Mutex<HashMap<String, WorkOrder>>,
+    /// When this coordinator last handled a heartbeat that came over RabbitMQ
+    /// (Unix ms, 0: never): whether the broker carries heartbeats at all.
+    pub amqp_beat_ms: std::sync::atomic::AtomicU64,
 }
 
 pub fn now_ms() -> u64 {
@@ -59,6 +62,22 @@ pub fn now_ms() -> u64 {
 impl Ctx {
     pub fn ttl_ms(&self) -> u64 {
         self.cfg.lease_ttl.as_millis() as u64
+    }
+
+    /// Whether a worker's heartbeat over HTTP must be refused: RabbitMQ
+    /// works for this coordinator (connected for more than a lease, and other
+    /// heartbeats arrive through it), so the worker alone is cut off and must
+    /// let its tasks go (docs/design/fleet.md, "Broker outage").
+    pub async fn broker_carries_heartbeats(&self) -> bool {
+        let connected = self.bus.up_for().await;
+        let last = self.amqp_beat_ms.load(std::sync::atomic::Ordering::Relaxed);
+        carries_heartbeats(
+            connected,
+            last,
+            now_ms(),
+            self.cfg.lease_ttl,
+            self.cfg.heartbeat,
+        )
     }
 
     async fn bus(&self) -> Result<Arc<Bus>, BusError> {
@@ -144,5 +163,41 @@ impl Ctx {
             self.metrics.dependency_error(crate::metrics::RABBITMQ);
             tracing::warn!(worker.id = worker, error = %e, "control message not delivered");
         }
+    }
+}
+
+/// [`Ctx::broker_carries_heartbeats`] on plain values: connected for longer
+/// than `ttl`, and a heartbeat came over RabbitMQ within three intervals. A
+/// broker that is up but takes no heartbeats (a quorum queue left without a
+/// leader) does not count: workers then keep their leases over HTTP.
+pub fn carries_heartbeats(
+    connected_for: Option<Duration>,
+    last_amqp_beat_ms: u64,
+    now_ms: u64,
+    ttl: Duration,
+    heartbeat: Duration,
+) -> bool {
+    let fresh = last_amqp_beat_ms > 0
+        && now_ms.saturating_sub(last_amqp_beat_ms) <= 3 * heartbeat.as_millis() as u64;
+    connected_for.is_some_and(|up| up > ttl) && fresh
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_heartbeats_are_refused_only_while_the_broker_carries_others() {
+        let (ttl, beat) = (Duration::from_secs(10), Duration::from_secs(2));
+        let up = |s| Some(Duration::from_secs(s));
+        let now = 1_000_000;
+        // Connected for long, heartbeats arriving: this worker alone is cut off.
+        assert!(carries_heartbeats(up(60), now - 1_500, now, ttl, beat));
+        // Broker down, or back for less than a lease: renew over HTTP.
+        assert!(!carries_heartbeats(None, now - 1_500, now, ttl, beat));
+        assert!(!carries_heartbeats(up(5), now - 1_500, now, ttl, beat));
+        // Up, but no heartbeat came through it lately (or ever): renew.
+        assert!(!carries_heartbeats(up(60), now - 7_000, now, ttl, beat));
+        assert!(!carries_heartbeats(up(60), 0, now, ttl, beat));
     }
 }

@@ -25,6 +25,8 @@ pub async fn handle(ctx: &Ctx, msg: WorkerMessage) -> Result<(), StoreError> {
             tasks,
             ..
         } => {
+            ctx.amqp_beat_ms
+                .store(now, std::sync::atomic::Ordering::Relaxed);
             let ack = renew(ctx, &worker_id, seq, sent_ms, tasks).await?;
             ctx.tell(&worker_id, &ack).await;
         }

@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         callbacks,
         unsent: Default::default(),
+        amqp_beat_ms: Default::default(),
     });
 
     tracker.spawn(supervise_bus(ctx.clone(), tracker.clone(), cancel.clone()));

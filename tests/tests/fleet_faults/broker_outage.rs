@@ -105,3 +105,62 @@ fn streams_stay_on_air_through_a_broker_outage_longer_than_the_lease() {
     let refused = publish_conflicts(&fleet.rtmp, live.task.key());
     assert!(refused.is_empty(), "a second publisher: {refused:?}");
 }
+
+/// `POST /v1/heartbeats` as a worker with many tasks uses it: signed, a
+/// body far over the command limit (2,000 tasks), answered with the lease
+/// ack RabbitMQ would have carried; unsigned or malformed requests are
+/// refused by name and change nothing.
+#[test]
+fn the_heartbeat_endpoint_takes_big_heartbeats_and_refuses_bad_ones() {
+    let fleet = Fleet::start(FleetOptions {
+        workers: 0,
+        coordinators: 1,
+        ..FleetOptions::default()
+    });
+    let c = fleet.coordinator();
+    let tasks: Vec<serde_json::Value> = (0..2000)
+        .map(|i| {
+            serde_json::json!({
+                "task_id": format!("ghost-{i:05}"),
+                "epoch": 1,
+                "position": {"item": 0, "loop_index": 0, "offset_ms": 1000, "timeline_ms": 1000},
+                "destinations": ["live"]
+            })
+        })
+        .collect();
+    let beat = serde_json::json!({
+        "kind": "heartbeat", "worker_id": "w-http", "seq": 7,
+        "sent_ms": now_ms(), "free_slots": 0, "tasks": tasks
+    });
+    let body = serde_json::to_vec(&beat).unwrap();
+    assert!(body.len() > 200_000, "{} bytes", body.len());
+    let r = c.post_signed("/v1/heartbeats", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ack: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+    assert_eq!(ack["kind"], "lease_ack");
+    assert_eq!(ack["seq"], 7);
+    // Redis does not know them: they are to be reclaimed, none was created.
+    assert_eq!(ack["unknown"].as_array().map(Vec::len), Some(2000));
+    assert!(fleet.redis.hgetall(&keys::task("ghost-00000")).is_empty());
+
+    let unsigned = c.request("POST", "/v1/heartbeats", &[], &body);
+    assert_eq!(unsigned.status, 403, "{}", unsigned.text());
+    let not_a_beat = serde_json::json!({"kind": "released", "worker_id": "w", "task_id": "t", "epoch": 1,
+        "position": {"item": 0, "loop_index": 0, "offset_ms": 0, "timeline_ms": 0}});
+    let r = c.post_signed("/v1/heartbeats", &serde_json::to_vec(&not_a_beat).unwrap());
+    assert!(
+        r.status == 400 && r.text().contains("kind"),
+        "{} {}",
+        r.status,
+        r.text()
+    );
+    let r = c.post_signed("/v1/heartbeats", b"{not json");
+    assert!(
+        r.status == 400 && r.text().contains("body"),
+        "{} {}",
+        r.status,
+        r.text()
+    );
+    let renewed = c.metric("vodfleet_http_heartbeats_total{outcome=\"renewed\"}");
+    assert_eq!(renewed, Some(1.0));
+}
