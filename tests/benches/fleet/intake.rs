@@ -96,13 +96,8 @@ pub fn intake_one(a: &Args, coordinators: usize) -> (String, bool) {
     let pids: Vec<u32> = fleet.coordinators.iter().map(|c| c.pid()).collect();
     let rpid = redis_pid(fleet.redis.port());
     let redis_rss = || rpid.map(|p| mem_kb(p).0).unwrap_or(0);
-    let mut conn = fleet.redis.conn();
-    let mut scard = || -> u64 {
-        redis::cmd("SCARD")
-            .arg("vodfleet:tasks")
-            .query(&mut conn)
-            .unwrap_or(0)
-    };
+    // Tasks indexed, over every index group.
+    let scard = || -> u64 { fleet.redis.task_count() as u64 };
     // Let the coordinators settle (a state count every 5 s has run at least once).
     std::thread::sleep(Duration::from_secs(6));
     let mut points = vec![MemPoint {
@@ -260,7 +255,7 @@ pub fn intake_one(a: &Args, coordinators: usize) -> (String, bool) {
         s,
         "#### {coordinators} coordinator(s), 0 workers\n\n\
          {n} cmd 1 commands ({body_bytes} bytes each), published in {} ms by one producer \
-         ({:.0} msg/s; {bad} not acked by the broker); all {n} applied (`SCARD vodfleet:tasks` = {n}) \
+         ({:.0} msg/s; {bad} not acked by the broker); all {n} applied (indexed tasks = {n}) \
          {} after the first publish. CPU time during intake (first publish → all applied): coordinator {}; \
          redis-server {:.1} s; RabbitMQ (beam.smp) {:.1} s; the whole machine {:.0} % busy \
          ({} cores). \
@@ -357,7 +352,7 @@ pub fn intake(a: &Args) -> String {
          cmd \"1\" with `start` 1 h ahead (tasks stay `scheduled`: no work order, no worker, no \
          streaming), distinct task ids and message ids, published by one producer on one channel \
          with publisher confirms pipelined (≤ 1000 unconfirmed) to a fleet with no worker; the \
-         applied count is `SCARD vodfleet:tasks` polled every 20 ms; memory from \
+         applied count is the tasks indexed over every group (`SCARD vodfleet:tasks:{{gN}}`), polled every 20 ms; memory from \
          `/proc/PID/smaps_rollup` when the count passes {}, {} and {} tasks, then sampled every \
          100 ms for {} s of idleness after the last (the coordinator's count of tasks by state, \
          every 15 s, runs over all tasks at least once in that time).\n\nCommand: {}\n",

@@ -26,7 +26,7 @@
 //! - `intake`: cmd 1 with a start time 1 h ahead (tasks stay `scheduled`, no
 //!   streaming), distinct ids, published as fast as one producer can
 //!   (publisher confirms, pipelined), to a fleet of 1 then 2 coordinators and
-//!   no worker: commands applied per second (`SCARD vodfleet:tasks`) and each
+//!   no worker: commands applied per second (tasks indexed over the 16 groups) and each
 //!   coordinator's RSS/PSS (`/proc/PID/smaps_rollup`) as the tasks grow.
 //!
 //! Output: markdown tables on stdout (and in `--out FILE`). Failed checks are
