@@ -39,7 +39,9 @@ What it does
      used_cpu_sys+used_cpu_user), the broker's beam.smp CPU, the simulator's
      CPU, the load average, and the simulator's progress (heartbeats, task
      lines, false expiries).
-  5. Times `GET /v1/tasks` (signed, three times) against a coordinator.
+  5. Times `GET /v1/tasks` (signed) against a coordinator: the first page
+     (default limit) and a page of 1000, three times each, then every page of
+     1000 followed through `next` (a full listing).
   6. SIGINTs the simulator (it releases every task like a SIGTERM'd worker and
      prints its JSON summary), stops the coordinators, Redis and the broker.
   7. Writes scripts/bench/results/<date>-fleetsim-<N>x<M>.json (or --out).
@@ -369,6 +371,49 @@ def publish(args, vodctl, env, workdir, first, last):
         return sum(ex.map(one, range(first, last, 50)))
 
 
+def get_page(port, key, path):
+    st, body, secs = http_req(port, "GET", path, key)
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = {}
+    tasks = doc.get("tasks") if isinstance(doc, dict) else None
+    return {"path": path.split("&cursor=")[0], "status": st, "bytes": len(body),
+            "seconds": round(secs, 4), "tasks": None if tasks is None else len(tasks),
+            "next": doc.get("next") if isinstance(doc, dict) else None}
+
+
+def list_timings(port, key, total):
+    out = {"tries": []}
+    for path in ("/v1/tasks", "/v1/tasks?limit=1000"):
+        for _ in range(3):
+            out["tries"].append(get_page(port, key, path))
+    first = [t for t in out["tries"] if t["path"] == "/v1/tasks"]
+    big = [t for t in out["tries"] if t["path"] == "/v1/tasks?limit=1000"]
+    out["first_page"] = {"tasks": first[0]["tasks"], "bytes": first[0]["bytes"],
+                         "paged": first[0]["next"] is not None,
+                         "seconds_min": min(t["seconds"] for t in first),
+                         "seconds_max": max(t["seconds"] for t in first)}
+    out["page_1000"] = {"tasks": big[0]["tasks"], "bytes": big[0]["bytes"],
+                        "seconds_min": min(t["seconds"] for t in big),
+                        "seconds_max": max(t["seconds"] for t in big)}
+    # Every page, following `next`.
+    t, pages, seen, worst, cursor = time.monotonic(), 0, 0, 0.0, None
+    while pages < total // 10 + 10:
+        path = "/v1/tasks?limit=1000" + ("" if cursor is None else "&cursor=" + urllib.parse.quote(cursor, safe=""))
+        r = get_page(port, key, path)
+        if r["status"] != 200:
+            out["walk_error"] = r
+            break
+        pages, seen, worst = pages + 1, seen + (r["tasks"] or 0), max(worst, r["seconds"])
+        cursor = r["next"]
+        if cursor is None:
+            break
+    out["all_pages"] = {"pages": pages, "tasks": seen, "seconds": round(time.monotonic() - t, 3),
+                        "slowest_page_s": worst}
+    return out
+
+
 def last_progress(path):
     try:
         with open(path, "rb") as f:
@@ -383,10 +428,11 @@ def last_progress(path):
 class Sampler:
     """CPU ticks and RSS of our processes, Redis INFO, the simulator's progress."""
 
-    def __init__(self, pids, redis_port, progress):
+    def __init__(self, pids, redis_port, progress, coord_ports):
         self.pids = pids  # name -> pid
         self.redis = Redis(redis_port)
         self.progress = progress
+        self.coord_ports = coord_ports
 
     def sample(self):
         info = self.redis.info()
@@ -397,7 +443,29 @@ class Sampler:
                           "ops_per_sec": int(info.get("instantaneous_ops_per_sec", 0)),
                           "cpu_s": float(info.get("used_cpu_sys", 0)) + float(info.get("used_cpu_user", 0)),
                           "commands": int(info.get("total_commands_processed", 0))},
-                "sim": last_progress(self.progress)}
+                "sim": last_progress(self.progress),
+                "coordinator_metrics": [coordinator_metrics(p) for p in self.coord_ports]}
+
+
+COORD_METRICS = ("vodfleet_heartbeats_total", "vodfleet_heartbeat_age_seconds",
+                 "vodfleet_http_heartbeats_total", "vodfleet_leases_expired_total",
+                 "vodfleet_failovers_total", "vodfleet_leases_issued_total")
+
+
+def coordinator_metrics(port):
+    """A few of the coordinator's own counters (docs/METRICS.md), summed over labels."""
+    st, body, _ = http_req(port, "GET", "/metrics", timeout=10)
+    out = {}
+    if st != 200:
+        return out
+    for line in body.decode(errors="replace").splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in COORD_METRICS:
+            try:
+                out[name] = out.get(name, 0.0) + float(line.rsplit(None, 1)[1])
+            except (ValueError, IndexError):
+                pass
+    return out
 
 
 def window(a, b, coordinators):
@@ -504,7 +572,8 @@ def main():
           f"redis {s.get('redis_cores')} cores, rabbitmq {s.get('cores', {}).get('rabbitmq')} cores "
           f"at {s.get('task_lines_per_s')} task lines/s; renewal p99 {lat.get('p99')} ms; "
           f"false expiries {sim.get('leases', {}).get('false_expiries')}; "
-          f"GET /v1/tasks {res.get('list', {}).get('seconds')} s; load {s.get('load_end')}")
+          f"GET /v1/tasks first page {res.get('list', {}).get('first_page', {}).get('seconds_max')} s; "
+          f"load {s.get('load_end')}")
     return 1 if "error" in res else 0
 
 
@@ -546,7 +615,7 @@ def run(args, res, bins, workdir, steps, total):
 
     pids = {f"coordinator{i}": p.pid for i, p in enumerate(coords)}
     pids.update({"redis": redis.pid, "rabbitmq": beam, "sim": sim.pid})
-    sampler = Sampler(pids, redis_port, progress)
+    sampler = Sampler(pids, redis_port, progress, ports)
     coord_names = [f"coordinator{i}" for i in range(len(coords))]
     base = sampler.sample()
     res["baseline"] = {"rss_kb": base["rss_kb"], "redis_used_memory": base["redis"]["used_memory"],
@@ -592,34 +661,22 @@ def run(args, res, bins, workdir, steps, total):
             raise RuntimeError(f"vodfleet-sim exited early ({sim.returncode}); see {workdir}/sim.log")
     res["steady"] = window(samples[0], samples[-1], coord_names)
     res["steady"]["rss_kb_end"] = samples[-1]["rss_kb"]
+    res["steady"]["coordinator_metrics_start"] = samples[0]["coordinator_metrics"]
+    res["steady"]["coordinator_metrics_end"] = samples[-1]["coordinator_metrics"]
     res["steady"]["redis_used_memory_end"] = samples[-1]["redis"]["used_memory"]
     res["steady"]["redis_ops_per_sec_samples"] = [s["redis"]["ops_per_sec"] for s in samples]
     res["steady"]["series"] = [
         {"t": round(b["t"] - samples[0]["t"]), "coordinators_cores": window(a, b, coord_names)["coordinators_cores"],
          "rss_kb": {c: b["rss_kb"][c] for c in coord_names}, "held": b["sim"].get("held"),
-         "load": b["load"][0]}
+         "load": b["load"][0],
+         "heartbeat_age_s": [m.get("vodfleet_heartbeat_age_seconds") for m in b["coordinator_metrics"]]}
         for a, b in zip(samples, samples[1:])]
     log(f"steady: {json.dumps({k: res['steady'][k] for k in ('coordinators_cores', 'redis_cores', 'task_lines_per_s', 'false_expiries')})}")
 
-    # GET /v1/tasks at full size.
-    res["list"] = {"tries": []}
-    for _ in range(3):
-        st, body, secs = http_req(ports[0], "GET", "/v1/tasks", key)
-        n = None
-        try:
-            n = len(json.loads(body).get("tasks", []))
-        except (ValueError, AttributeError):
-            pass
-        res["list"]["tries"].append({"status": st, "bytes": len(body), "seconds": round(secs, 3), "tasks": n})
-    res["list"]["seconds"] = min(t["seconds"] for t in res["list"]["tries"])
-    st, body, secs = http_req(ports[0], "GET", "/v1/tasks?limit=100", key)
-    try:
-        n = len(json.loads(body).get("tasks", []))
-    except (ValueError, AttributeError):
-        n = None
-    res["list"]["limit_100"] = {"status": st, "bytes": len(body), "seconds": round(secs, 3), "tasks": n,
-                                "paged": n is not None and n <= 100 < total}
-    log(f"GET /v1/tasks: {res['list']}")
+    # GET /v1/tasks at full size: the first page (default limit), a page of
+    # 1000, and every page followed through `next` (a full listing).
+    res["list"] = list_timings(ports[0], key, total)
+    log(f"GET /v1/tasks: {json.dumps({k: v for k, v in res['list'].items() if k != 'tries'})}")
 
     # Drain the simulator (SIGINT), then the rest.
     t = time.monotonic()

@@ -61,6 +61,10 @@ pub struct Stats {
     pub reclaims: AtomicU64,
     /// (ms since `t0` when the ack arrived, heartbeat → LeaseAck in µs).
     latencies: Mutex<Vec<(u32, u32)>>,
+    /// (ms since `t0`, heartbeat publish → RabbitMQ's confirm in µs): the
+    /// broker's share of the renewal latency (a quorum queue confirms once the
+    /// message is committed, which is also when a consumer may receive it).
+    confirms: Mutex<Vec<(u32, u32)>>,
     /// Per worker: when it first held all its slots (since `t0`).
     full_at: Mutex<Vec<Duration>>,
     /// When the first order was taken (since `t0`).
@@ -101,6 +105,7 @@ impl Stats {
             release_failed: z(),
             reclaims: z(),
             latencies: Mutex::new(Vec::new()),
+            confirms: Mutex::new(Vec::new()),
             full_at: Mutex::new(Vec::new()),
             first_order: Mutex::new(None),
         }
@@ -121,6 +126,13 @@ impl Stats {
         let at = self.since_start().as_millis() as u32;
         let us = latency.as_micros().min(u32::MAX as u128) as u32;
         self.latencies.lock().expect("stats lock").push((at, us));
+    }
+
+    /// A heartbeat was confirmed by RabbitMQ `latency` after it was published.
+    pub fn confirm(&self, latency: Duration) {
+        let at = self.since_start().as_millis() as u32;
+        let us = latency.as_micros().min(u32::MAX as u128) as u32;
+        self.confirms.lock().expect("stats lock").push((at, us));
     }
 
     /// A worker took an order.
@@ -175,18 +187,24 @@ impl Stats {
         let all_full = (full.len() == workers)
             .then(|| full.last().copied())
             .flatten();
-        let lat = self.latencies.lock().expect("stats lock");
-        let all: Vec<u32> = lat.iter().map(|(_, us)| *us).collect();
         // Steady state: once every worker was full (no more orders to take).
-        let steady: Vec<u32> = match all_full {
-            Some(d) => {
-                let from = d.as_millis() as u32;
-                lat.iter()
-                    .filter(|(at, _)| *at >= from)
-                    .map(|(_, us)| *us)
-                    .collect()
+        let split = |samples: &[(u32, u32)]| {
+            let all: Vec<u32> = samples.iter().map(|(_, us)| *us).collect();
+            let steady: Vec<u32> = match all_full {
+                Some(d) => {
+                    let from = d.as_millis() as u32;
+                    samples
+                        .iter()
+                        .filter(|(at, _)| *at >= from)
+                        .map(|(_, us)| *us)
+                        .collect()
+                }
+                None => Vec::new(),
+            };
+            Latency {
+                all: Percentiles::of_us(all),
+                steady: Percentiles::of_us(steady),
             }
-            None => Vec::new(),
         };
         Summary {
             ramp: Ramp {
@@ -204,10 +222,8 @@ impl Stats {
                 failed: g(&self.beats_failed),
                 late: g(&self.beats_late),
             },
-            renewal_latency_ms: Latency {
-                all: Percentiles::of_us(all),
-                steady: Percentiles::of_us(steady),
-            },
+            renewal_latency_ms: split(&self.latencies.lock().expect("stats lock")),
+            heartbeat_confirm_ms: split(&self.confirms.lock().expect("stats lock")),
             acks: Acks {
                 received: g(&self.acks),
                 unmatched: g(&self.acks_unmatched),
@@ -249,6 +265,8 @@ pub struct Summary {
     pub heartbeats: Beats,
     /// Heartbeat sent → its LeaseAck received.
     pub renewal_latency_ms: Latency,
+    /// Heartbeat published → confirmed by RabbitMQ.
+    pub heartbeat_confirm_ms: Latency,
     /// What the coordinators answered.
     pub acks: Acks,
     /// Lease outcomes.
@@ -293,7 +311,7 @@ pub struct Beats {
     pub late: u64,
 }
 
-/// Renewal latency, in milliseconds.
+/// A latency, in milliseconds.
 #[derive(Debug, Serialize)]
 pub struct Latency {
     /// Every ack of the run.

@@ -243,6 +243,7 @@ impl SimWorker {
             )
             .await;
             if let Ok(Ok(())) = published {
+                self.stats.confirm(now.elapsed());
                 Stats::inc(&self.stats.beats);
                 self.stats
                     .beat_tasks
