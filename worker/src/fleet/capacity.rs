@@ -267,20 +267,35 @@ fn process_ticks() -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
-/// (idle + iowait, total) of the whole machine, in clock ticks.
+/// (CPU time free for us, total) of the whole machine, in clock ticks.
 fn system_ticks() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    free_and_total(stat.lines().next()?)
+}
+
+/// From `/proc/stat`'s `cpu` line: idle + iowait + nice, and the total. Time
+/// spent by niced processes counts as free: they give way to ours (a batch
+/// job, a fuzzer, a build at `nice 19` must not make a worker refuse work).
+fn free_and_total(line: &str) -> Option<(u64, u64)> {
+    let cpu = line.strip_prefix("cpu ")?;
     let v: Vec<u64> = cpu
         .split_whitespace()
         .filter_map(|x| x.parse().ok())
         .collect();
-    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
-    Some((idle, v.iter().take(8).sum()))
+    let free = v.get(1)? + v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((free, v.iter().take(8).sum()))
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn niced_work_counts_as_free_cpu() {
+        // user nice system idle iowait irq softirq steal
+        let line = "cpu  100 700 50 100 50 0 0 0 0 0";
+        assert_eq!(free_and_total(line), Some((850, 1000)));
+        assert_eq!(free_and_total("intr 1 2 3"), None);
+    }
+
     #[test]
     fn shedding_picks_the_newest_never_moved_task() {
         let t0 = Instant::now();
