@@ -567,7 +567,7 @@ def main():
     log(f"wrote {out}")
     s = res.get("steady", {})
     sim = res.get("sim", {})
-    lat = sim.get("renewal_latency_ms", {}).get("steady", {})
+    lat = sim.get("renewal_latency_ms", {}).get("window", {})
     print(f"fleetsim {args.workers}x{args.tasks}: coordinators {s.get('coordinators_cores')} cores, "
           f"redis {s.get('redis_cores')} cores, rabbitmq {s.get('cores', {}).get('rabbitmq')} cores "
           f"at {s.get('task_lines_per_s')} task lines/s; renewal p99 {lat.get('p99')} ms; "
@@ -652,6 +652,7 @@ def run(args, res, bins, workdir, steps, total):
 
     # The steady window.
     log(f"steady window: {args.duration} s")
+    sim.send_signal(signal.SIGUSR1)  # the simulator's latencies from here on ("window")
     samples = [sampler.sample()]
     end = samples[0]["t"] + args.duration
     while time.monotonic() < end:

@@ -9,6 +9,8 @@
 //!
 //! Output: a JSON summary on stdout (and in `--out`), a one-line summary on
 //! stderr, and with `--progress FILE` one JSON line a second for the driver.
+//! SIGUSR1 marks the start of the driver's measuring window: latencies are
+//! reported from there on as well (`window`), apart from the ramp's backlog.
 
 mod pace;
 mod stats;
@@ -117,6 +119,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let stop = CancellationToken::new();
     tokio::spawn(signals(stop.clone()));
+    tokio::spawn(window_mark(stats.clone()));
     if let Some(d) = args.duration {
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -215,12 +218,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 /// The human summary.
 fn one_line(s: &serde_json::Value) -> String {
-    let l = &s["renewal_latency_ms"]["steady"];
-    let l = if l["n"].as_u64().unwrap_or(0) > 0 {
-        l
-    } else {
-        &s["renewal_latency_ms"]["all"]
-    };
+    let lat = &s["renewal_latency_ms"];
+    let l = ["window", "steady", "all"]
+        .iter()
+        .map(|k| &lat[*k])
+        .find(|l| l["n"].as_u64().unwrap_or(0) > 0)
+        .unwrap_or(&lat["all"]);
     format!(
         "vodfleet-sim: {}x{} held {}/{} at drain after {:.0} s; renewal p50 {} p99 {} max {} ms ({} acks); \
          false expiries {}, revoked {}, orders {}, all full {} s after the first order; released {} in {:.1} s",
@@ -254,6 +257,18 @@ async fn signals(stop: CancellationToken) {
     }
     eprintln!("vodfleet-sim: draining");
     stop.cancel();
+}
+
+/// SIGUSR1 → the driver's measuring window begins (latencies are also
+/// reported from there on, apart from the ramp's backlog).
+async fn window_mark(stats: Arc<Stats>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+        return;
+    };
+    while usr1.recv().await.is_some() {
+        stats.mark_window();
+    }
 }
 
 /// One JSON line a second.

@@ -28,6 +28,8 @@ pub struct Stats {
     pub acks: AtomicU64,
     /// LeaseAcks for a heartbeat the worker no longer remembers.
     pub acks_unmatched: AtomicU64,
+    /// LeaseAcks that came more than [`SLOW_ACK`] after their heartbeat.
+    pub acks_slow: AtomicU64,
     /// Task lines in `renewed` of the acks.
     pub renewed: AtomicU64,
     /// Task lines in `unknown` of the acks (Redis lost the task).
@@ -69,11 +71,16 @@ pub struct Stats {
     full_at: Mutex<Vec<Duration>>,
     /// When the first order was taken (since `t0`).
     first_order: Mutex<Option<Duration>>,
+    /// Where the measuring window begins (SIGUSR1 from the driver), ms since `t0`.
+    window_from: Mutex<Option<u32>>,
 }
 
 /// A heartbeat that leaves this much more than one interval after the one
 /// before is late (the simulator's own scheduling, not the coordinator).
 pub const LATE_BEAT: Duration = Duration::from_millis(500);
+
+/// An ack this late is counted (and logged with its worker) to locate the tail.
+pub const SLOW_ACK: Duration = Duration::from_secs(1);
 
 impl Stats {
     /// Empty counters, starting now.
@@ -89,6 +96,7 @@ impl Stats {
             beats_late: z(),
             acks: z(),
             acks_unmatched: z(),
+            acks_slow: z(),
             renewed: z(),
             unknown: z(),
             revoked: z(),
@@ -108,6 +116,7 @@ impl Stats {
             confirms: Mutex::new(Vec::new()),
             full_at: Mutex::new(Vec::new()),
             first_order: Mutex::new(None),
+            window_from: Mutex::new(None),
         }
     }
 
@@ -133,6 +142,12 @@ impl Stats {
         let at = self.since_start().as_millis() as u32;
         let us = latency.as_micros().min(u32::MAX as u128) as u32;
         self.confirms.lock().expect("stats lock").push((at, us));
+    }
+
+    /// The driver's measuring window begins now.
+    pub fn mark_window(&self) {
+        let at = self.since_start().as_millis() as u32;
+        *self.window_from.lock().expect("stats lock") = Some(at);
     }
 
     /// A worker took an order.
@@ -165,6 +180,7 @@ impl Stats {
             "beats": g(&self.beats),
             "beat_tasks": g(&self.beat_tasks),
             "acks": g(&self.acks),
+            "acks_slow": g(&self.acks_slow),
             "orders_taken": g(&self.orders_taken),
             "revoked": g(&self.revoked),
             "false_expiries": g(&self.false_expiries),
@@ -187,8 +203,17 @@ impl Stats {
         let all_full = (full.len() == workers)
             .then(|| full.last().copied())
             .flatten();
+        let window_from = *self.window_from.lock().expect("stats lock");
         // Steady state: once every worker was full (no more orders to take).
         let split = |samples: &[(u32, u32)]| {
+            let window: Vec<u32> = match window_from {
+                Some(from) => samples
+                    .iter()
+                    .filter(|(at, _)| *at >= from)
+                    .map(|(_, us)| *us)
+                    .collect(),
+                None => Vec::new(),
+            };
             let all: Vec<u32> = samples.iter().map(|(_, us)| *us).collect();
             let steady: Vec<u32> = match all_full {
                 Some(d) => {
@@ -204,6 +229,7 @@ impl Stats {
             Latency {
                 all: Percentiles::of_us(all),
                 steady: Percentiles::of_us(steady),
+                window: Percentiles::of_us(window),
             }
         };
         Summary {
@@ -227,6 +253,7 @@ impl Stats {
             acks: Acks {
                 received: g(&self.acks),
                 unmatched: g(&self.acks_unmatched),
+                slower_than_1s: g(&self.acks_slow),
                 renewed_lines: g(&self.renewed),
                 unknown_lines: g(&self.unknown),
             },
@@ -318,6 +345,8 @@ pub struct Latency {
     pub all: Percentiles,
     /// Acks once every worker was full (empty if that never happened).
     pub steady: Percentiles,
+    /// Acks from the driver's SIGUSR1 on (its measuring window; empty without one).
+    pub window: Percentiles,
 }
 
 /// Ack counts.
@@ -327,6 +356,8 @@ pub struct Acks {
     pub received: u64,
     /// For a heartbeat no longer remembered.
     pub unmatched: u64,
+    /// More than a second after their heartbeat.
+    pub slower_than_1s: u64,
     /// Renewed task lines.
     pub renewed_lines: u64,
     /// Unknown task lines.

@@ -19,7 +19,7 @@
 
 use crate::lease::Leases;
 use crate::pace::Pace;
-use crate::stats::{Stats, LATE_BEAT};
+use crate::stats::{Stats, LATE_BEAT, SLOW_ACK};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -343,8 +343,16 @@ impl SimWorker {
                 unknown,
             } => {
                 Stats::inc(&s.acks);
-                match self.sent.lock().expect("lock").get(&seq) {
-                    Some(at) => s.latency(now - *at),
+                let sent = self.sent.lock().expect("lock").get(&seq).copied();
+                match sent {
+                    Some(at) => {
+                        let latency = now - at;
+                        s.latency(latency);
+                        if latency > SLOW_ACK {
+                            Stats::inc(&s.acks_slow);
+                            tracing::warn!(worker = %self.id, seq, ms = latency.as_millis() as u64, tasks = renewed.len(), "slow LeaseAck");
+                        }
+                    }
                     None => Stats::inc(&s.acks_unmatched),
                 }
                 let relaxed = std::sync::atomic::Ordering::Relaxed;
