@@ -218,10 +218,20 @@ impl SimWorker {
         let mut seq = 0u64;
         let mut last: Option<Instant> = None;
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = self.beat_now.notified() => {}
+            let early = tokio::select! {
+                _ = tick.tick() => false,
+                _ = self.beat_now.notified() => true,
                 _ = stop.cancelled() => return,
+            };
+            // As the worker does: at most one early beat per quarter interval.
+            if let Some(at) = last
+                .map(|t| t + self.cfg.heartbeat / 4)
+                .filter(|at| early && *at > Instant::now())
+            {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = stop.cancelled() => return,
+                }
             }
             seq += 1;
             let now = Instant::now();

@@ -22,12 +22,27 @@ impl Fleet {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The last HTTP outcome, so that a change is logged once, not every beat.
         let mut last_http: Option<&'static str> = None;
+        let mut last_beat: Option<Instant> = None;
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = self.beat_now.notified() => {}
+            let early = tokio::select! {
+                _ = tick.tick() => false,
+                _ = self.beat_now.notified() => true,
                 _ = self.shutdown.cancelled() => return,
+            };
+            // A burst of starts asks for a beat each: at most one early beat per
+            // quarter interval, so 50 starts a second make a few heartbeats, not
+            // 50 that each list every task (a fleet-wide ramp once made the
+            // coordinators' renewals lag past the lease: docs/CAPACITY.md).
+            if let Some(at) = last_beat
+                .map(|t| t + self.cfg.heartbeat / 4)
+                .filter(|at| early && *at > Instant::now())
+            {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = self.shutdown.cancelled() => return,
+                }
             }
+            last_beat = Some(Instant::now());
             let bus = self.connected();
             if bus.is_none() && self.lifeline.is_none() {
                 continue;
