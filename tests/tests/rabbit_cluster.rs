@@ -31,16 +31,6 @@ const RESUME_BOUND: Duration = Duration::from_secs(30);
 /// The coordinator's AMQP connection name (coordinator/src/main.rs).
 const COORDINATOR_CONNECTION: &str = "vodfleet-coordinator";
 
-/// `vodfleet_commands_total{result=RESULT}` of `c`.
-fn counted(c: &Coordinator, result: &str) -> u64 {
-    let label = format!("result=\"{result}\"");
-    c.metrics()
-        .lines()
-        .filter(|l| l.starts_with("vodfleet_commands_total{") && l.contains(&label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 /// How many of `ids` have a task record in Redis (the record itself, not an
 /// index: indexes are laid out per docs/design/fleet.md and may be sharded).
 fn recorded(redis: &RedisServer, ids: &[&str]) -> usize {
@@ -290,11 +280,11 @@ fn confirmed_commands_survive_a_cluster_node_kill(n: usize) {
     );
     eprintln!(
         "coordinator: {} applied, {} skipped as applied before (redeliveries, re-publishes)",
-        counted(&coordinator, "accepted"),
-        counted(&coordinator, "duplicate")
+        coordinator.commands_counted("accepted"),
+        coordinator.commands_counted("duplicate")
     );
     assert_eq!(
-        counted(&coordinator, "accepted"),
+        coordinator.commands_counted("accepted"),
         n as u64 + 1,
         "commands counted as applied by the coordinator"
     );

@@ -80,11 +80,9 @@ impl S3Settings {
             endpoint.host(),
             Some(url::Host::Ipv4(_) | url::Host::Ipv6(_))
         ) || endpoint.host_str() == Some("localhost");
-        let path_style = match set("VODFLEET_S3_PATH_STYLE").as_deref() {
+        let path_style = match set("VODFLEET_S3_PATH_STYLE") {
             None => literal,
-            Some("1" | "true") => true,
-            Some("0" | "false") => false,
-            Some(v) => return Err(format!("VODFLEET_S3_PATH_STYLE={v:?} is not true or false")),
+            Some(_) => crate::config::flag(get, "VODFLEET_S3_PATH_STYLE")?,
         };
         let credentials = match (set("AWS_ACCESS_KEY_ID"), set("AWS_SECRET_ACCESS_KEY")) {
             (Some(key_id), Some(secret)) => Some(Credentials {

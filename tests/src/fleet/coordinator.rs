@@ -68,6 +68,16 @@ impl Coordinator {
         }
     }
 
+    /// `vodfleet_commands_total` with `result="RESULT"`, over every `cmd`.
+    pub fn commands_counted(&self, result: &str) -> u64 {
+        let label = format!("result=\"{result}\"");
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with("vodfleet_commands_total{") && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
     /// The API's base URL (`http://127.0.0.1:PORT`).
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)

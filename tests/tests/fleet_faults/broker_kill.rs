@@ -20,20 +20,11 @@ const WINDOW: usize = 100;
 
 /// `vodfleet_commands_total{result=RESULT}` over every coordinator.
 fn counted(fleet: &Fleet, result: &str) -> u64 {
-    let mut n = 0.0;
-    let label = format!("result=\"{result}\"");
-    for c in &fleet.coordinators {
-        for l in c.metrics().lines() {
-            if l.starts_with("vodfleet_commands_total{") && l.contains(&label) {
-                n += l
-                    .rsplit(' ')
-                    .next()
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .unwrap_or(0.0);
-            }
-        }
-    }
-    n as u64
+    fleet
+        .coordinators
+        .iter()
+        .map(|c| c.commands_counted(result))
+        .sum()
 }
 
 /// Publishes `msgs` until each is confirmed, reconnecting when the broker is
