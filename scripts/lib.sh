@@ -16,6 +16,10 @@ VF_PACKAGES=(
     nginx-light libnginx-mod-rtmp
     rabbitmq-server redis-server
     curl stunnel4 openssl
+    # The RTSP test peer (tests/src/peers.rs): GStreamer's RTSP server, run by
+    # Debian's python3 with its gi bindings.
+    gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+    gstreamer1.0-plugins-ugly gstreamer1.0-libav python3-gi
 )
 
 # shellcheck disable=SC2034
