@@ -75,6 +75,8 @@ pub struct MediaSpec {
     pub tags: Vec<(String, String)>,
     /// MP3 audio (libmp3lame) instead of AAC.
     pub mp3: bool,
+    /// Audio sample rate (Hz) and channel count.
+    pub audio: (u32, u32),
 }
 
 impl MediaSpec {
@@ -97,6 +99,7 @@ impl MediaSpec {
             bframes: None,
             tags: Vec::new(),
             mp3: false,
+            audio: (44_100, 2),
         }
     }
 
@@ -123,6 +126,12 @@ impl MediaSpec {
     /// MP3 audio instead of AAC (an unlike seam in a copy-mode playlist).
     pub fn mp3(mut self) -> Self {
         self.mp3 = true;
+        self
+    }
+
+    /// Audio at `rate` Hz with `channels` channels (44.1 kHz stereo otherwise).
+    pub fn audio(mut self, rate: u32, channels: u32) -> Self {
+        self.audio = (rate, channels);
         self
     }
 
@@ -157,7 +166,10 @@ impl MediaSpec {
             "-f".into(),
             "lavfi".into(),
             "-i".into(),
-            format!("sine=frequency={}:sample_rate=44100", self.tone_hz),
+            format!(
+                "sine=frequency={}:sample_rate={}",
+                self.tone_hz, self.audio.0
+            ),
             "-t".into(),
             format!("{}", self.secs),
         ];
@@ -177,7 +189,10 @@ impl MediaSpec {
             a.extend(["-bf".into(), bf.to_string()]);
         }
         let acodec = if self.mp3 { "libmp3lame" } else { "aac" };
-        a.extend(["-c:a", acodec, "-ac", "2", "-ar", "44100", "-b:a", "96k"].map(String::from));
+        a.extend(["-c:a".into(), acodec.into()]);
+        a.extend(["-ac".into(), self.audio.1.to_string()]);
+        a.extend(["-ar".into(), self.audio.0.to_string()]);
+        a.extend(["-b:a".into(), "96k".into()]);
         for (k, v) in &self.tags {
             a.extend(["-metadata".into(), format!("{k}={v}")]);
         }

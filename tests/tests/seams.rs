@@ -1,12 +1,18 @@
 //! Unlike seams in copy mode (docs/design/timeline.md, "Seams"): an item whose
 //! audio codec differs from the stream's AAC (MP3 after AAC) is conformed,
 //! its audio transcoded to AAC while its video is copied, so the playlist
-//! stays one publish session that decodes cleanly, AAC throughout.
+//! stays one publish session that decodes cleanly, AAC throughout. Unlike
+//! parameters of the same codecs (picture size, AAC sample rate and channels)
+//! travel as new sequence headers: one session, every item's frames decoded
+//! at its own parameters.
 
 use serde_json::json;
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
+use vodfleet_tests::media::{ffmpeg, ffprobe};
 use vodfleet_tests::probe::{audio_info, max_dts_gap, span};
-use vodfleet_tests::{unique, Container, MediaSpec, Recording, RtmpServer, Worker};
+use vodfleet_tests::{unique, Container, Media, MediaSpec, Recording, RtmpServer, Worker};
 
 #[test]
 fn mp3_after_aac_in_copy_mode_is_conformed_to_aac_in_one_session() {
@@ -59,4 +65,117 @@ fn mp3_after_aac_in_copy_mode_is_conformed_to_aac_in_one_session() {
     );
     rec.assert_monotonic();
     rec.assert_decodes_cleanly();
+}
+
+/// Folds repeats: what a player's decoder saw change across the seams, in order.
+fn runs(values: impl Iterator<Item = String>) -> Vec<String> {
+    let mut runs: Vec<String> = Vec::new();
+    for v in values {
+        if !v.is_empty() && runs.last() != Some(&v) {
+            runs.push(v);
+        }
+    }
+    runs
+}
+
+/// "W,H" of every decoded video frame, repeats folded.
+fn picture_sizes(path: &Path) -> Vec<String> {
+    let out = Command::new(ffprobe())
+        .args(["-v", "error", "-select_streams", "v", "-show_entries"])
+        .args(["frame=width,height", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("run ffprobe: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    runs(
+        text.lines()
+            .map(|l| l.trim().trim_end_matches(',').to_owned()),
+    )
+}
+
+/// "RATE,CHANNELS" of every decoded audio frame, repeats folded (ffprobe 5.1
+/// does not print a frame's sample rate; `ashowinfo` after the decoder does).
+fn audio_parameters(path: &Path) -> Vec<String> {
+    let out = Command::new(ffmpeg())
+        .args(["-hide_banner", "-nostdin", "-nostats", "-v", "info", "-i"])
+        .arg(path)
+        .args(["-map", "0:a", "-af", "ashowinfo", "-f", "null", "-"])
+        .output()
+        .unwrap_or_else(|e| panic!("run ffmpeg: {e}"));
+    let text = String::from_utf8_lossy(&out.stderr);
+    let field = |line: &str, name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    runs(
+        text.lines()
+            .filter(|l| l.contains("Parsed_ashowinfo"))
+            .map(|l| format!("{},{}", field(l, "rate:"), field(l, "channels:"))),
+    )
+}
+
+/// Plays `items` in copy mode into one stream and returns its recording,
+/// after checking that no item failed and nginx saw one publish session.
+fn play_copy(items: &[&Media], secs: f64) -> (RtmpServer, Recording) {
+    let rtmp = RtmpServer::start();
+    let key = unique("seam");
+    let task = json!({
+        "id": unique("seam"),
+        "src": items.iter().map(|m| json!({"url": m.vod_url()})).collect::<Vec<_>>(),
+        "forward": [{"url": rtmp.url(&key)}],
+        "extendParam": {"loop": "1"}
+    });
+    let mut w = Worker::play(task, &[]);
+    let status = w.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "worker failed\n{}", w.report());
+    assert!(
+        w.events_named("item_failed").is_empty(),
+        "no item failed: {}",
+        w.report()
+    );
+    rtmp.assert_one_session(&key);
+    let rec = Recording::read(&rtmp.record_path(&key));
+    for (what, got) in [("video", rec.video_secs()), ("audio", span(&rec.audio))] {
+        assert!(
+            (got - secs).abs() < 0.3,
+            "{what} {got:.3} s of {secs}: {}",
+            rec.summary()
+        );
+    }
+    rec.assert_monotonic();
+    rec.assert_decodes_cleanly();
+    (rtmp, rec)
+}
+
+#[test]
+fn a_picture_size_change_in_copy_mode_is_one_session_with_new_sequence_headers() {
+    let small = MediaSpec::new(Container::Mp4, 2.0, "640x360", 25, 25).generate();
+    let large = MediaSpec::new(Container::Mp4, 2.0, "1280x720", 25, 25)
+        .tone(880)
+        .generate();
+    let (_rtmp, rec) = play_copy(&[&small, &large, &small], 6.0);
+    assert_eq!(
+        picture_sizes(&rec.path),
+        ["640,360", "1280,720", "640,360"],
+        "decoded picture sizes, in order: {}",
+        rec.summary()
+    );
+}
+
+#[test]
+fn an_aac_rate_and_channel_change_in_copy_mode_is_one_session_with_new_sequence_headers() {
+    let stereo = MediaSpec::new(Container::Mp4, 2.0, "640x360", 25, 25).generate();
+    let mono = MediaSpec::new(Container::Mp4, 2.0, "640x360", 25, 25)
+        .tone(880)
+        .audio(48_000, 1)
+        .generate();
+    let (_rtmp, rec) = play_copy(&[&stereo, &mono, &stereo], 6.0);
+    assert_eq!(audio_info(&rec.path).codec, "aac", "{}", rec.summary());
+    assert_eq!(
+        audio_parameters(&rec.path),
+        ["44100,2", "48000,1", "44100,2"],
+        "decoded audio parameters, in order: {}",
+        rec.summary()
+    );
 }
