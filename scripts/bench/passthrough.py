@@ -149,6 +149,25 @@ def ffmpeg_transcode_cmd(media, url):
 
 FOPS = {"res": "1280x720", "fps": "25", "bps": "2000"}
 
+# The watermark comparison (issue 8): a 240x90 half-transparent PNG at TOP_RIGHT.
+# vodfleet places it 3 % of the shorter side in from the edges it touches, on
+# even coordinates (engine/src/media/watermark.rs): x = (1280-240-21) & ~1 = 1018,
+# y = 21 & ~1 = 20; ffmpeg's overlay gets the same spot.
+LOGO = "logo.png"
+LOGO_GEN = ["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi",
+            "-i", "color=c=red@0.5:s=240x90,format=rgba", "-frames:v", "1"]
+WM_POSITION = "TOP_RIGHT"
+WM_XY = (1018, 20)
+
+
+def ffmpeg_watermark_cmd(media, url):
+    cmd = ffmpeg_transcode_cmd(media, url)
+    logo = os.path.join(os.path.dirname(media), LOGO)
+    at = cmd.index("-c:v")
+    graph = f"[0:v]scale=1280:720[b];[b][1:v]overlay={WM_XY[0]}:{WM_XY[1]}:format=yuv420[v]"
+    cmd[at:at] = ["-i", logo, "-filter_complex", graph, "-map", "[v]", "-map", "0:a"]
+    return cmd
+
 
 def log(msg):
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -791,12 +810,22 @@ def make_media(cache):
     return path, meta
 
 
+def make_logo(media):
+    path = os.path.join(os.path.dirname(media), LOGO)
+    if not os.path.exists(path):
+        subprocess.run(LOGO_GEN + [path], check=True)
+    return path
+
+
 # --------------------------------------------------------------------------
 # One measured configuration
 
 
-def task_json(key, urls, fops=None):
-    t = {"id": key, "src": [{"url": "vod://f.mp4"}],
+def task_json(key, urls, fops=None, watermark=False):
+    src = {"url": "vod://f.mp4"}
+    if watermark:
+        src.update(wmimage=f"vod://{LOGO}", wmposition=WM_POSITION)
+    t = {"id": key, "src": [src],
          "forward": [{"url": u} for u in urls], "extendParam": {"loop": "0"}}
     if fops:
         t["fops"] = fops
@@ -836,7 +865,8 @@ def run_config(args, media, media_meta, label, tool, n_streams, workdir, mode="c
         t_spawn = time.monotonic()
         if tool == "ffmpeg":
             errf = open(stderr_path, "wb")
-            make = ffmpeg_copy_cmd if mode == "copy" else ffmpeg_transcode_cmd
+            make = {"copy": ffmpeg_copy_cmd, "transcode": ffmpeg_transcode_cmd,
+                    "watermark": ffmpeg_watermark_cmd}[mode]
             for k in range(n_streams):
                 key = f"ff{k}"
                 keys.append(key)
@@ -852,10 +882,12 @@ def run_config(args, media, media_meta, label, tool, n_streams, workdir, mode="c
                 urls = [f"{nginx.url_base}/{key}" + (f"d{d}" if n_dest > 1 else "")
                         for d in range(n_dest)]
                 keys.extend(u.rsplit("/", 1)[1] for u in urls)
-                tasks.append(task_json(key, urls, FOPS if mode == "transcode" else None))
+                tasks.append(task_json(key, urls, FOPS if mode != "copy" else None,
+                                       watermark=mode == "watermark"))
             example = json.dumps(task_json("vf0", [f"rtmp://127.0.0.1:PORT/live/vf0" + (f"d{d}" if n_dest > 1 else "")
                                                    for d in range(n_dest)],
-                                           FOPS if mode == "transcode" else None))
+                                           FOPS if mode != "copy" else None,
+                                           watermark=mode == "watermark"))
             if fleet_mode:
                 stderr_path = os.path.join(workdir, "worker.stderr")
                 fleet = Fleet(args, workdir, os.path.dirname(media), slots=n_streams + 10)
@@ -1254,6 +1286,11 @@ def ratios(results):
         out["transcode runs, cores: ffmpeg / vodfleet 1 dest / vodfleet 4 dest"] = [tfs, tvs, t4s]
     if tv and t4:
         out["transcode: 4 destinations / 1 destination CPU (vodfleet, medians)"] = round(t4 / tv, 3)
+    wv, wvs = med("watermark-1dest", "vodfleet")
+    wf, wfs = med("watermark-1dest", "ffmpeg")
+    if wv and wf:
+        out["watermark: vodfleet/ffmpeg CPU (medians)"] = round(wv / wf, 3)
+        out["watermark runs, cores: ffmpeg / vodfleet"] = [wfs, wvs]
     return out
 
 
@@ -1307,6 +1344,9 @@ def main():
                     help="run every N even after a tool lagged or saturated the CPU")
     ap.add_argument("--no-passthrough", action="store_true")
     ap.add_argument("--no-transcode", action="store_true")
+    ap.add_argument("--watermark", action="store_true",
+                    help="also compare a watermarked 720p transcode (a PNG at TOP_RIGHT) with "
+                         "ffmpeg's overlay filter, --transcode-repeat times, interleaved")
     ap.add_argument("--worker", default=os.path.join(ROOT, "target", "release", "vodfleet-worker"))
     ap.add_argument("--coordinator", default=os.path.join(ROOT, "target", "release", "vodfleet-coordinator"),
                     help="fleet mode: the coordinator binary (default target/release)")
@@ -1368,7 +1408,7 @@ def main():
     for exe in ("ffmpeg", "ffprobe", "nginx"):
         if not shutil.which(exe):
             sys.exit(f"{exe} not found (run scripts/setup.sh)")
-    uses_vodfleet = factors or (not args.no_passthrough and "vodfleet" in tools) or not args.no_transcode
+    uses_vodfleet = factors or (not args.no_passthrough and "vodfleet" in tools) or not args.no_transcode or args.watermark
     if uses_vodfleet:
         need = [args.worker] + ([args.coordinator, args.vodctl] if args.vodfleet_mode == "fleet" else [])
         for b in need:
@@ -1461,6 +1501,19 @@ def main():
                     tries = measure(args, media, meta, label, tool, 1,
                                     os.path.join(run_dir, f"{label}-{tool}-r{rep}"),
                                     mode="transcode", n_dest=nd)
+                    for r in tries:
+                        r["repeat"] = rep
+                    doc["results"].extend(tries)
+                    save()
+
+        if args.watermark:
+            make_logo(media)
+            plan = [("watermark-1dest", "ffmpeg"), ("watermark-1dest", "vodfleet")]
+            for rep in range(args.transcode_repeat):
+                for label, tool in plan:
+                    tries = measure(args, media, meta, label, tool, 1,
+                                    os.path.join(run_dir, f"{label}-{tool}-r{rep}"),
+                                    mode="watermark")
                     for r in tries:
                         r["repeat"] = rep
                     doc["results"].extend(tries)
