@@ -10,6 +10,10 @@ pub struct Config {
     pub media_root: PathBuf,
     /// `VODFLEET_CACHE_DIR`: where downloaded sources are kept while a task plays.
     pub cache_dir: PathBuf,
+    /// `VODFLEET_CACHE_MAX_BYTES`: how much the worker's shared source cache
+    /// may hold on disk; entries no running task reads are evicted, least
+    /// recently used first, beyond it (docs/design/sources.md). 10 GiB by default.
+    pub cache_max_bytes: u64,
     /// `VODFLEET_ALLOW_PRIVATE_NETWORKS`: let sources and callbacks reach loopback,
     /// private and link-local addresses (tests and closed networks only).
     pub allow_private_networks: bool,
@@ -61,6 +65,7 @@ impl Config {
                 || std::env::temp_dir().join("vodfleet-cache"),
                 PathBuf::from,
             ),
+            cache_max_bytes: num(&get, "VODFLEET_CACHE_MAX_BYTES", 10 << 30)?,
             allow_private_networks: flag(&get, "VODFLEET_ALLOW_PRIVATE_NETWORKS")?,
             source_timeout: ms("VODFLEET_SOURCE_TIMEOUT_MS", 10_000)?,
             source_attempts: num(&get, "VODFLEET_SOURCE_ATTEMPTS", 3)?.max(1) as u32,

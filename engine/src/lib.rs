@@ -41,6 +41,8 @@ pub struct Engine {
     rt: tokio::runtime::Handle,
     shards: Arc<shard::Shards>,
     publish: PublishOptions,
+    /// The worker-wide source cache every task streams its downloads through.
+    cache: Arc<source::cache::Cache>,
 }
 
 /// What to start.
@@ -95,8 +97,11 @@ impl Engine {
         };
         let shards = shard::Shards::new(cfg.engine_threads)
             .map_err(|e| format!("cannot start the engine's threads: {e}"))?;
+        let cache = source::cache::Cache::new(&cfg, rt.clone())
+            .map_err(|e| format!("VODFLEET_CACHE_DIR {}: {e}", cfg.cache_dir.display()))?;
         Ok(Engine {
             cfg,
+            cache,
             rt,
             shards: Arc::new(shards),
             publish,
@@ -113,13 +118,17 @@ impl Engine {
     /// cache directory); everything after that is reported through the handle.
     pub fn start(&self, s: Start) -> Result<TaskHandle, WorkerError> {
         let task_id = s.spec.id.clone();
-        let sources =
-            source::Sources::new(&self.cfg, &s.spec, s.cancel, self.rt.clone()).map_err(|e| {
-                WorkerError::Unsupported {
-                    task: task_id.clone(),
-                    cause: format!("cache directory {}: {e}", self.cfg.cache_dir.display()),
-                }
-            })?;
+        let sources = source::Sources::new(
+            &self.cfg,
+            &s.spec,
+            s.cancel,
+            self.rt.clone(),
+            self.cache.clone(),
+        )
+        .map_err(|e| WorkerError::Unsupported {
+            task: task_id.clone(),
+            cause: format!("cache directory {}: {e}", self.cfg.cache_dir.display()),
+        })?;
         let (events, events_rx) = mpsc::unbounded_channel::<Event>();
         let (control, control_rx) = mpsc::unbounded_channel();
         let status = Arc::new(TaskStatus::default());

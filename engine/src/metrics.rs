@@ -6,7 +6,7 @@
 //! The registry also carries the standard `process_*` metrics (CPU seconds,
 //! resident memory, open file descriptors, threads).
 
-use prometheus::{Gauge, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{Counter, Gauge, IntCounter, IntGauge, Registry, TextEncoder};
 use std::sync::OnceLock;
 
 pub struct Metrics {
@@ -18,7 +18,13 @@ pub struct Metrics {
     pub destination_failures: IntCounter,
     pub source_download_attempts: IntCounter,
     pub source_download_failures: IntCounter,
+    pub source_downloaded_bytes: IntCounter,
+    pub source_cache_bytes: IntGauge,
+    pub source_cache_hits: IntCounter,
+    pub source_cache_misses: IntCounter,
+    pub source_cache_evictions: IntCounter,
     pub lag_seconds: Gauge,
+    pub slate_seconds: Counter,
 }
 
 /// The process's registry: the engine's metrics and whatever its host adds.
@@ -92,11 +98,39 @@ impl Metrics {
                 "vodfleet_worker_source_download_failures_total",
                 "HTTP source download attempts that failed.",
             ),
+            source_downloaded_bytes: counter(
+                "vodfleet_source_downloaded_bytes_total",
+                "Body bytes received from HTTP(S) and S3 sources (every download, cached or not).",
+            ),
+            source_cache_bytes: gauge(
+                "vodfleet_source_cache_bytes",
+                "Bytes the worker's shared source cache holds on disk.",
+            ),
+            source_cache_hits: counter(
+                "vodfleet_source_cache_hits_total",
+                "Source opens (and prefetches) that found their URL in the shared cache.",
+            ),
+            source_cache_misses: counter(
+                "vodfleet_source_cache_misses_total",
+                "Source opens (and prefetches) that started a new cache entry.",
+            ),
+            source_cache_evictions: counter(
+                "vodfleet_source_cache_evictions_total",
+                "Cache entries evicted (least recently used, read by no running task).",
+            ),
             lag_seconds: reg(
                 &registry,
                 Gauge::new(
                     "vodfleet_worker_lag_seconds",
                     "How far behind real time the most delayed task is.",
+                )
+                .expect("valid metric"),
+            ),
+            slate_seconds: reg(
+                &registry,
+                Counter::new(
+                    "vodfleet_slate_seconds_total",
+                    "Seconds of slate (black pictures, silence) sent while sources were late or broken.",
                 )
                 .expect("valid metric"),
             ),
@@ -126,6 +160,7 @@ mod tests {
             "vodfleet_worker_source_download_attempts_total",
             "vodfleet_worker_source_download_failures_total",
             "vodfleet_worker_lag_seconds",
+            "vodfleet_slate_seconds_total",
             "process_cpu_seconds_total",
             "process_resident_memory_bytes",
             "process_open_fds",

@@ -7,6 +7,7 @@
 //! - libavformat writes nothing to the network: destinations are our own
 //!   FLV/RTMP writer (`vodfleet-rtmp`).
 
+pub mod avio;
 pub mod demux;
 pub mod transcode;
 pub mod watermark;
@@ -33,12 +34,36 @@ pub fn init() {
     });
 }
 
-/// Opens a local media file for demuxing. Only the `file` protocol is allowed,
-/// so nested references (HLS, concat, `subfile`…) cannot reach the network.
-pub fn open_input(path: &Path) -> Result<ff::format::context::Input, ff::Error> {
-    let mut opts = ff::Dictionary::new();
-    opts.set("protocol_whitelist", "file");
-    ff::format::input_with_dictionary(path, opts)
+/// What [`open_input`] opens: a local file (a path), or a source streamed
+/// through the worker's cache ([`crate::source::Media`]).
+pub trait Openable {
+    fn open(self) -> Result<ff::format::context::Input, ff::Error>;
+}
+
+impl<P: AsRef<Path> + ?Sized> Openable for &P {
+    /// A local media file. Only the `file` protocol is allowed, so nested
+    /// references (HLS, concat, `subfile`…) cannot reach the network.
+    fn open(self) -> Result<ff::format::context::Input, ff::Error> {
+        let mut opts = ff::Dictionary::new();
+        opts.set("protocol_whitelist", "file");
+        ff::format::input_with_dictionary(self.as_ref(), opts)
+    }
+}
+
+impl Openable for crate::source::Media {
+    /// A stream reads through a custom I/O context ([`avio`]), which opens
+    /// nothing else.
+    fn open(self) -> Result<ff::format::context::Input, ff::Error> {
+        match self {
+            crate::source::Media::File(path) => (&path).open(),
+            crate::source::Media::Stream(reader) => avio::open_stream(reader),
+        }
+    }
+}
+
+/// Opens media for demuxing: a local file or a streamed source ([`Openable`]).
+pub fn open_input(src: impl Openable) -> Result<ff::format::context::Input, ff::Error> {
+    src.open()
 }
 
 /// When the recording started, as its container states it (Unix ms): mp4 and

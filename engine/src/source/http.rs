@@ -1,15 +1,88 @@
-//! Downloads one source over HTTP(S) into a local file: 10 s connect and read
-//! timeouts, a bounded number of attempts with exponential backoff (`backon`),
-//! and a resumed transfer (`Range: bytes=N-`) when an attempt dies part-way.
+//! Downloads one source over HTTP(S): 10 s connect and read timeouts, a
+//! bounded number of attempts with exponential backoff (`backon`), and a
+//! resumed transfer (`Range: bytes=N-`) when an attempt dies part-way.
+//!
+//! Where the bytes go is a [`Sink`]: a whole local file ([`FileSink`], HLS
+//! playlists and segments, watermark images) or a region of an entry of the
+//! worker's shared cache (`source::cache`), which asks for the byte it is
+//! missing next and may end a transfer early to fetch another region first.
 
 use crate::config::Config;
 use crate::error::{ErrorKind, Fault, WorkerError};
 use backon::{ExponentialBuilder, Retryable};
+use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
-use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use vodfleet_proto::redact;
+
+/// Where the body of a download goes. Its methods run on the download's
+/// runtime thread: they write to the page cache (a few microseconds per
+/// chunk), the same cost tokio's own file writes pay after a thread hop.
+pub trait Sink: Send {
+    /// The first byte still wanted: 0 asks for the whole file (no `Range`).
+    fn resume_at(&mut self) -> std::io::Result<u64>;
+    /// A response began: its body starts at byte `from` (0 for a 200) of a
+    /// file of `total` bytes, when the server said.
+    fn begin(&mut self, from: u64, total: Option<u64>) -> std::io::Result<()>;
+    /// The next chunk of the body. `Ok(false)`: the sink needs no more of
+    /// this transfer for now (the download ends without an error).
+    fn write(&mut self, chunk: &[u8]) -> std::io::Result<bool>;
+    /// The body ended: every byte from `resume_at` to the end is held.
+    fn finish(&mut self) -> std::io::Result<()>;
+    /// `416`: nothing is left from `resume_at`; the file has `total` bytes
+    /// when the server said.
+    fn beyond_end(&mut self, _total: Option<u64>) -> std::io::Result<()> {
+        self.finish()
+    }
+}
+
+/// A whole file at `dest`, resumed from its current length.
+pub struct FileSink<'a> {
+    pub dest: &'a Path,
+    file: Option<std::fs::File>,
+}
+
+impl<'a> FileSink<'a> {
+    pub fn new(dest: &'a Path) -> FileSink<'a> {
+        FileSink { dest, file: None }
+    }
+}
+
+impl Sink for FileSink<'_> {
+    fn resume_at(&mut self) -> std::io::Result<u64> {
+        self.file = None;
+        Ok(std::fs::metadata(self.dest).map(|m| m.len()).unwrap_or(0))
+    }
+
+    fn begin(&mut self, from: u64, _total: Option<u64>) -> std::io::Result<()> {
+        let append = from > 0;
+        self.file = Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(append)
+                .truncate(!append)
+                .open(self.dest)?,
+        );
+        Ok(())
+    }
+
+    fn write(&mut self, chunk: &[u8]) -> std::io::Result<bool> {
+        self.file
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("no response began"))?
+            .write_all(chunk)?;
+        Ok(true)
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        match self.file.take() {
+            Some(mut f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
 
 pub struct Fetch<'a> {
     pub client: &'a reqwest::Client,
@@ -19,22 +92,27 @@ pub struct Fetch<'a> {
     pub url: &'a str,
     /// What messages name: the source's URL as given (redacted when printed).
     pub shown: &'a str,
-    pub dest: &'a Path,
     pub cancel: &'a CancellationToken,
 }
 
 impl Fetch<'_> {
-    pub async fn run(&self) -> Result<(), WorkerError> {
+    /// Fills `sink` from the byte it asks for, with the attempts, backoff and
+    /// resume of the module's header. Ends when the body ends or the sink
+    /// says it needs no more.
+    pub async fn run(&self, sink: &mut impl Sink) -> Result<(), WorkerError> {
         let attempt = AtomicU32::new(0);
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.cfg.retry_backoff)
             .with_max_delay(self.cfg.retry_backoff * 8)
             .with_max_times(self.cfg.source_attempts.saturating_sub(1) as usize);
+        // backon calls the closure once per attempt; the sink is borrowed by one at a time.
+        let sink = tokio::sync::Mutex::new(sink);
         (|| async {
             let n = attempt.fetch_add(1, Ordering::Relaxed) + 1;
             let m = crate::metrics::get();
             m.source_download_attempts.inc();
-            let r = self.attempt(n).await;
+            let mut sink = sink.lock().await;
+            let r = self.attempt(n, &mut **sink).await;
             if r.is_err() && !self.cancel.is_cancelled() {
                 m.source_download_failures.inc();
             }
@@ -103,11 +181,8 @@ impl Fetch<'_> {
         }
     }
 
-    async fn attempt(&self, attempt: u32) -> Result<(), WorkerError> {
-        let have = tokio::fs::metadata(self.dest)
-            .await
-            .map(|m| m.len())
-            .unwrap_or(0);
+    async fn attempt(&self, attempt: u32, sink: &mut impl Sink) -> Result<(), WorkerError> {
+        let have = sink.resume_at().map_err(|e| self.cache_err(attempt, e))?;
         let mut req = self.client.get(self.url);
         if have > 0 {
             req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
@@ -129,10 +204,21 @@ impl Fetch<'_> {
                 }
             })?;
         let status = resp.status();
-        let append = match status.as_u16() {
-            200 => false,
-            206 if have > 0 => true,
-            416 if have > 0 => return Ok(()), // we already hold every byte
+        let (from, total) = match status.as_u16() {
+            200 => (0, resp.content_length()),
+            206 if have > 0 => content_range(resp.headers()).unwrap_or((have, None)),
+            416 if have > 0 => {
+                // We already hold every byte.
+                let total = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().strip_prefix("bytes */"))
+                    .and_then(|t| t.trim().parse().ok());
+                sink.beyond_end(total)
+                    .map_err(|e| self.cache_err(attempt, e))?;
+                return Ok(());
+            }
             // A redirect reqwest did not follow: its Location is not an http(s) URL
             // (`file:`, `ftp:`, `gopher:`…), which the policy never fetches.
             300..=399 => {
@@ -173,26 +259,31 @@ impl Fetch<'_> {
                 ))
             }
         };
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .append(append)
-            .truncate(!append)
-            .open(self.dest)
-            .await
+        sink.begin(from, total)
             .map_err(|e| self.cache_err(attempt, e))?;
         while let Some(chunk) = self
             .bounded(attempt, "reading body", resp.chunk())
             .await?
             .map_err(|e| self.transport(attempt, &e))?
         {
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| self.cache_err(attempt, e))?;
+            crate::metrics::get()
+                .source_downloaded_bytes
+                .inc_by(chunk.len() as u64);
+            if !sink.write(&chunk).map_err(|e| self.cache_err(attempt, e))? {
+                return Ok(());
+            }
         }
-        file.flush().await.map_err(|e| self.cache_err(attempt, e))?;
+        sink.finish().map_err(|e| self.cache_err(attempt, e))?;
         Ok(())
     }
+}
+
+/// `Content-Range: bytes FIRST-LAST/TOTAL` → (FIRST, TOTAL); TOTAL may be `*`.
+fn content_range(h: &reqwest::header::HeaderMap) -> Option<(u64, Option<u64>)> {
+    let v = h.get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
+    let (range, total) = v.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let first = range.split_once('-')?.0.trim().parse().ok()?;
+    Some((first, total.trim().parse().ok()))
 }
 
 /// reqwest's Display names only the outermost layer; the cause chain says what happened.
@@ -212,4 +303,22 @@ fn describe(e: &reqwest::Error) -> String {
     }
     // The chain may quote the URL; keep secrets out of it.
     s.replace(e.url().map(|u| u.as_str()).unwrap_or("\u{0}"), "<url>")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn content_ranges() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::CONTENT_RANGE,
+            "bytes 100-199/1000".parse().unwrap(),
+        );
+        assert_eq!(super::content_range(&h), Some((100, Some(1000))));
+        h.insert(
+            reqwest::header::CONTENT_RANGE,
+            "bytes 5-9/*".parse().unwrap(),
+        );
+        assert_eq!(super::content_range(&h), Some((5, None)));
+    }
 }

@@ -1,19 +1,24 @@
-//! Sources: turns each item's URL into a local file that libavformat may open.
+//! Sources: turns each item's URL into what libavformat opens ([`Media`]).
 //!
-//! libavformat never sees a network URL (docs/ARCHITECTURE.md, "Secrets"): `http(s)` sources are
-//! downloaded by our own client into the task's cache directory, `vod://NAME`
-//! is resolved inside the media root, `s3://BUCKET/KEY` is fetched as a
-//! presigned `https` GET ([`s3`]). Downloads of later items run while
-//! earlier ones play, and each URL is fetched once per task however often it loops.
+//! libavformat never sees a network URL (docs/ARCHITECTURE.md, "Secrets"):
+//! `http(s)` sources and `s3://BUCKET/KEY` ones (a presigned `https` GET,
+//! [`s3`]) are streamed through the worker's shared [`cache`]: playback
+//! starts while the download goes on, and one download serves every task
+//! and loop that plays the URL. `vod://NAME` is resolved inside the media
+//! root; HLS playlists ([`hls`]) and watermark images are still fetched whole
+//! into the task's own directory. Downloads of later items start while
+//! earlier ones play (docs/design/sources.md).
 
+pub mod cache;
 pub mod hls;
 mod http;
+mod ranges;
 pub mod s3;
 
 use vodfleet_net as policy;
 
 use crate::config::Config;
-use crate::error::WorkerError;
+use crate::error::{ErrorKind, Fault, WorkerError};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +28,14 @@ use tokio_util::sync::CancellationToken;
 use vodfleet_proto::{redact, TaskSpec};
 
 type Slot = Arc<OnceCell<Result<PathBuf, Arc<WorkerError>>>>;
+
+/// What `media::open_input` opens for an item.
+pub enum Media {
+    /// A local file: `vod://`, an HLS playlist's media, an RTSP pull.
+    File(PathBuf),
+    /// An `http(s)`/`s3` source read from the shared cache while it downloads.
+    Stream(cache::Reader),
+}
 
 fn watermark_urls(spec: &TaskSpec) -> Vec<String> {
     let mut urls: Vec<String> = spec
@@ -48,6 +61,13 @@ pub struct Sources {
     /// Watermark image URLs, and whether their names passed the policy.
     watermarks: Vec<String>,
     watermarks_checked: OnceCell<Result<(), Arc<WorkerError>>>,
+    /// The worker's shared cache, where streamed sources download.
+    cache: Arc<cache::Cache>,
+    /// Pins taken by [`Sources::prefetch`], handed to the item's reader when it opens.
+    prefetched: Mutex<HashMap<String, cache::Pin>>,
+    /// Streamed sources whose download failed before playing: later loops of
+    /// this task fail them at once, as a downloaded file's failure did.
+    failed: Mutex<HashMap<String, Arc<WorkerError>>>,
 }
 
 impl Sources {
@@ -56,6 +76,7 @@ impl Sources {
         spec: &TaskSpec,
         cancel: CancellationToken,
         rt: tokio::runtime::Handle,
+        cache: Arc<cache::Cache>,
     ) -> std::io::Result<Arc<Sources>> {
         // One directory per run: a newer epoch of the same task on this worker must
         // not lose its files when the older run ends and removes its own.
@@ -79,16 +100,77 @@ impl Sources {
             starts: Mutex::new(HashMap::new()),
             watermarks: watermark_urls(spec),
             watermarks_checked: OnceCell::new(),
+            cache,
+            prefetched: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
         }))
     }
 
-    /// The local file for `url`, downloading it first if needed. Nothing is
-    /// fetched for a task with a watermark image the URL policy refuses.
-    pub async fn local(&self, url: &str) -> Result<PathBuf, Arc<WorkerError>> {
+    /// What libavformat opens for an item's `url`: a stream from the shared
+    /// cache for `http(s)` and `s3` sources, once their download has begun
+    /// (an error status, a refusal or a timeout fails here, before the item
+    /// starts), else a local file ([`Sources::local`]).
+    pub async fn open(&self, url: &str) -> Result<Media, Arc<WorkerError>> {
+        if !streamed(url) {
+            return self.local(url).await.map(Media::File);
+        }
+        self.check_watermarks_once().await?;
+        if let Some(e) = lock(&self.failed).get(url) {
+            return Err(e.clone());
+        }
+        let taken = lock(&self.prefetched).remove(url);
+        let pin = match taken {
+            Some(p) => p,
+            None => self.pin(url).await.map_err(Arc::new)?,
+        };
+        match pin.started(&self.task_id, &self.cancel).await {
+            Ok(()) => Ok(Media::Stream(
+                pin.reader(&self.task_id, self.cancel.clone()),
+            )),
+            Err(e) => {
+                let e = Arc::new(e);
+                if !self.cancel.is_cancelled() {
+                    lock(&self.failed).insert(url.to_owned(), e.clone());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Pins `url`'s cache entry, which starts its download, after the URL
+    /// policy's checks (`s3://`: of the presigned URL's host).
+    async fn pin(&self, url: &str) -> Result<cache::Pin, WorkerError> {
+        let fetch_url = if url.starts_with("s3://") {
+            self.presign(url)?
+        } else {
+            url.to_owned()
+        };
+        self.check_fetch(url, &fetch_url).await?;
+        self.cache
+            .pin(url, &fetch_url, &self.task_id)
+            .map_err(|e| WorkerError::Source {
+                task: self.task_id.clone(),
+                url: redact::source(url),
+                attempt: 0,
+                attempts: self.cfg.source_attempts,
+                cause: format!("cache file: {e}"),
+                kind: ErrorKind::Fail,
+                fault: Fault::Local,
+            })
+    }
+
+    async fn check_watermarks_once(&self) -> Result<(), Arc<WorkerError>> {
         self.watermarks_checked
             .get_or_init(|| async { self.check_watermarks().await.map_err(Arc::new) })
             .await
-            .clone()?;
+            .clone()
+    }
+
+    /// The local file for `url`, downloading it whole first if needed
+    /// (watermark images; items that are not streamed). Nothing is
+    /// fetched for a task with a watermark image the URL policy refuses.
+    pub async fn local(&self, url: &str) -> Result<PathBuf, Arc<WorkerError>> {
+        self.check_watermarks_once().await?;
         let slot = self
             .slots
             .lock()
@@ -101,12 +183,36 @@ impl Sources {
             .clone()
     }
 
-    /// Starts fetching `url` in the background so it is ready when its turn comes.
+    /// Starts fetching `url` in the background so it is ready when its turn
+    /// comes; a streamed source stays pinned in the cache until it opens.
     pub fn prefetch(self: &Arc<Self>, url: &str) {
         let (me, url) = (self.clone(), url.to_owned());
         self.rt.spawn(async move {
-            let _ = me.local(&url).await;
+            if !streamed(&url) {
+                let _ = me.local(&url).await;
+                return;
+            }
+            if me.check_watermarks_once().await.is_err()
+                || lock(&me.failed).contains_key(&url)
+                || lock(&me.prefetched).contains_key(&url)
+            {
+                return;
+            }
+            // A refusal is reported when the item opens.
+            if let Ok(pin) = me.pin(&url).await {
+                lock(&me.prefetched).entry(url).or_insert(pin);
+            }
         });
+    }
+
+    /// A presigned GET for `s3://BUCKET/KEY`, valid for a whole download with its retries.
+    fn presign(&self, url: &str) -> Result<String, WorkerError> {
+        let expires = self.cfg.source_timeout * 4 * self.cfg.source_attempts
+            + std::time::Duration::from_secs(3600);
+        self.cfg
+            .s3
+            .presign(url, crate::event::unix_ms(), expires)
+            .map_err(|r| self.refuse(url, r))
     }
 
     async fn resolve(&self, url: &str) -> Result<PathBuf, WorkerError> {
@@ -115,14 +221,7 @@ impl Sources {
             "vod" => vod_path(&self.cfg.media_root, &url["vod://".len()..])
                 .map_err(|r| self.refuse(url, r)),
             "s3" => {
-                // Valid for the whole download with its retries.
-                let expires = self.cfg.source_timeout * 4 * self.cfg.source_attempts
-                    + std::time::Duration::from_secs(3600);
-                let signed = self
-                    .cfg
-                    .s3
-                    .presign(url, crate::event::unix_ms(), expires)
-                    .map_err(|r| self.refuse(url, r))?;
+                let signed = self.presign(url)?;
                 self.fetch(url, &signed).await
             }
             "http" | "https" if hls::is_playlist(url) => self.hls(url).await,
@@ -198,6 +297,21 @@ impl Sources {
     }
 
     async fn fetch_to(&self, url: &str, fetch_url: &str, dest: &Path) -> Result<(), WorkerError> {
+        self.check_fetch(url, fetch_url).await?;
+        http::Fetch {
+            client: &self.client,
+            cfg: &self.cfg,
+            task_id: &self.task_id,
+            url: fetch_url,
+            shown: url,
+            cancel: &self.cancel,
+        }
+        .run(&mut http::FileSink::new(dest))
+        .await
+    }
+
+    /// The URL policy's checks before `fetch_url` (for `url`) is contacted.
+    async fn check_fetch(&self, url: &str, fetch_url: &str) -> Result<(), WorkerError> {
         let parsed = url::Url::parse(fetch_url).map_err(|e| self.refuse(url, e.to_string()))?;
         policy::check_url_host(&parsed, self.cfg.allow_private_networks)
             .map_err(|r| self.refuse(url, r))?;
@@ -211,17 +325,7 @@ impl Sources {
                 return Err(self.refuse(url, why));
             }
         }
-        http::Fetch {
-            client: &self.client,
-            cfg: &self.cfg,
-            task_id: &self.task_id,
-            url: fetch_url,
-            shown: url,
-            dest,
-            cancel: &self.cancel,
-        }
-        .run()
-        .await
+        Ok(())
     }
 
     /// Watermark images the URL policy would never fetch, refused before the
@@ -261,6 +365,20 @@ impl Drop for Sources {
         // Downloads belong to the task: nothing is left behind when it ends.
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Whether `url` streams through the shared cache: `http(s)` other than an
+/// HLS playlist, and `s3`.
+fn streamed(url: &str) -> bool {
+    match url.split_once("://").map(|(s, _)| s.to_ascii_lowercase()) {
+        Some(s) if s == "http" || s == "https" => !hls::is_playlist(url),
+        Some(s) => s == "s3",
+        None => false,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `vod://NAME` → a regular file inside `root`, after symlinks are resolved.

@@ -37,7 +37,7 @@ impl Task {
             })
         };
         let bad = |cause: String| MediaError::new(Fault::BadMedia, cause);
-        let local = self.sources.local(&spec.url);
+        let local = self.sources.open(&spec.url);
         let path = match self.end_at {
             None => local.await,
             Some(end) => tokio::select! {
@@ -49,7 +49,7 @@ impl Task {
         self.control_pending()?;
         let path = path.map_err(|e| Halt::Fail((*e).clone()))?;
         // Opening probes the file: a few reads, off the shard's event loop.
-        let input = tokio::task::spawn_blocking(move || media::open_input(&path))
+        let input = tokio::task::spawn_blocking(move || media::open_input(path))
             .await
             .map_err(|e| {
                 media_err(
