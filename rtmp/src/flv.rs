@@ -252,6 +252,29 @@ pub fn mp3_frame(data: &[u8], sample_rate: u32, channels: u16) -> Bytes {
     b.freeze()
 }
 
+/// The start of an FLV *file*: the 9-byte header (version 1, the audio and
+/// video flags) and `PreviousTagSize0`. For sources we turn into local files
+/// (RTSP pulls, docs/design/sources.md); RTMP itself carries bodies only.
+pub fn file_header(audio: bool, video: bool) -> [u8; 13] {
+    let flags = u8::from(audio) << 2 | u8::from(video);
+    [b'F', b'L', b'V', 1, flags, 0, 0, 0, 9, 0, 0, 0, 0]
+}
+
+/// One tag of an FLV file: the 11-byte tag header (`kind` 8 audio, 9 video,
+/// 18 data; the timestamp's low 24 bits, then its extension byte; stream id
+/// 0), `body`, and the `PreviousTagSize` after it. `None` for a body over the
+/// 24-bit size field.
+pub fn file_tag(kind: u8, timestamp_ms: u32, body: &[u8]) -> Option<Vec<u8>> {
+    let size = u32::try_from(body.len()).ok().filter(|&n| n < 1 << 24)?;
+    let [ext, t2, t1, t0] = timestamp_ms.to_be_bytes();
+    let [_, s2, s1, s0] = size.to_be_bytes();
+    let mut out = Vec::with_capacity(15 + body.len());
+    out.extend_from_slice(&[kind, s2, s1, s0, t2, t1, t0, ext, 0, 0, 0]);
+    out.extend_from_slice(body);
+    out.extend_from_slice(&(11 + size).to_be_bytes());
+    Some(out)
+}
+
 /// Video codecs that `onMetaData` can name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VideoCodec {

@@ -205,3 +205,17 @@ fn metadata_has_only_known_fields() {
     let empty = amf0::decode_all(&metadata(&Metadata::default())).unwrap();
     assert_eq!(empty[2], Value::EcmaArray(vec![]));
 }
+
+#[test]
+fn file_header_and_tags_frame_an_flv_file() {
+    assert_eq!(&file_header(true, true)[..5], b"FLV\x01\x05");
+    assert_eq!(file_header(false, true)[4], 1);
+    assert_eq!(&file_header(true, false)[5..], &[0, 0, 0, 9, 0, 0, 0, 0]);
+    // A timestamp past 24 bits keeps its high byte in the extension field.
+    let t = file_tag(9, 0x0123_4567, b"abc").unwrap();
+    assert_eq!(
+        t,
+        [9, 0, 0, 3, 0x23, 0x45, 0x67, 0x01, 0, 0, 0, b'a', b'b', b'c', 0, 0, 0, 14]
+    );
+    assert!(file_tag(8, 0, &vec![0; 1 << 24]).is_none());
+}

@@ -346,3 +346,105 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// An RTSP server on 127.0.0.1 for `rtsp://` sources: GStreamer's RtspServer
+/// (`tests/rtsp-server.py`, run by Debian's `/usr/bin/python3`, whose gi
+/// bindings are the Debian packages in scripts/lib.sh) serving H.264 320x240
+/// 30 fps and AAC 44.1 kHz at `/test`, each client from its own time 0.
+pub struct RtspServer {
+    child: Child,
+    port: u16,
+    log: tempfile::NamedTempFile,
+}
+
+/// What [`RtspServer::start`] serves.
+#[derive(Clone, Debug, Default)]
+pub struct RtspOptions {
+    /// Basic credentials every request must carry.
+    pub user: Option<(String, String)>,
+    /// End the stream (EOS, RTCP BYE) after this many seconds of media.
+    pub seconds: Option<u32>,
+}
+
+impl RtspServer {
+    /// Starts the server and returns once it answers an RTSP `OPTIONS`
+    /// (bounded: 20 s).
+    pub fn start(opts: &RtspOptions) -> RtspServer {
+        let script = crate::ops::repo_root().join("tests/rtsp-server.py");
+        // Not PATH's python3: the gi bindings are Debian's, for Debian's interpreter.
+        let python = "/usr/bin/python3";
+        let port = free_port();
+        let log = tempfile::Builder::new()
+            .prefix("vodfleet-rtsp-")
+            .suffix(".log")
+            .tempfile()
+            .expect("rtsp log file");
+        let mut cmd = Command::new(python);
+        cmd.arg(&script).arg(port.to_string());
+        if let Some((u, p)) = &opts.user {
+            cmd.args(["--user", u, "--password", p]);
+        }
+        if let Some(s) = opts.seconds {
+            cmd.args(["--seconds", &s.to_string()]);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.reopen().expect("reopen rtsp log"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {python} {}: {e}", script.display()));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let up = crate::poll(Duration::from_secs(20), || {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!(
+                    "rtsp-server.py exited early: {st}\n{}",
+                    std::fs::read_to_string(log.path()).unwrap_or_default()
+                );
+            }
+            rtsp_options(addr).then_some(())
+        });
+        assert!(
+            up.is_some(),
+            "rtsp-server.py did not answer on {addr} within 20 s"
+        );
+        RtspServer { child, port, log }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `rtsp://[USERINFO@]127.0.0.1:PORT/test`.
+    pub fn url(&self, userinfo: Option<&str>) -> String {
+        let at = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+        format!("rtsp://{at}127.0.0.1:{}/test", self.port)
+    }
+
+    /// What the server printed.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+}
+
+/// Whether an RTSP server at `addr` answers `OPTIONS` with an RTSP status line.
+fn rtsp_options(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let req = format!("OPTIONS rtsp://{addr}/test RTSP/1.0\r\nCSeq: 1\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).is_ok() && buf.starts_with(b"RTSP/1.0 ")
+}
+
+impl Drop for RtspServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

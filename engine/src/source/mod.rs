@@ -13,6 +13,7 @@ pub mod cache;
 pub mod hls;
 mod http;
 mod ranges;
+pub mod rtsp;
 pub mod s3;
 
 use vodfleet_net as policy;
@@ -68,6 +69,8 @@ pub struct Sources {
     /// Streamed sources whose download failed before playing: later loops of
     /// this task fail them at once, as a downloaded file's failure did.
     failed: Mutex<HashMap<String, Arc<WorkerError>>>,
+    /// How far each `rtsp://` source is pulled ([`rtsp`]).
+    rtsp: rtsp::Limits,
 }
 
 impl Sources {
@@ -103,6 +106,7 @@ impl Sources {
             cache,
             prefetched: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
+            rtsp: rtsp::Limits::new(spec),
         }))
     }
 
@@ -226,6 +230,7 @@ impl Sources {
             }
             "http" | "https" if hls::is_playlist(url) => self.hls(url).await,
             "http" | "https" => self.fetch(url, url).await,
+            "rtsp" => rtsp::pull(self, url).await,
             other => Err(WorkerError::Unsupported {
                 task: self.task_id.clone(),
                 cause: format!(

@@ -1,0 +1,185 @@
+//! `rtsp://` sources (issue 8): pulled with `retina` over TCP-interleaved RTP
+//! from a real GStreamer RTSP server (H.264 + AAC, `tests/rtsp-server.py`),
+//! and judged by what nginx-rtmp recorded: `relofftime` counts from the start
+//! of the pull, `absofftime` against its wall clock, a stream the server ends plays to its end, wrong credentials
+//! and an unreachable port fail their item by name without printing the
+//! password, and a loopback address is refused without
+//! `VODFLEET_ALLOW_PRIVATE_NETWORKS`.
+
+use serde_json::{json, Value};
+use std::net::TcpListener;
+use std::time::Duration;
+use vodfleet_tests::http::closed_port;
+use vodfleet_tests::peers::{RtspOptions, RtspServer};
+use vodfleet_tests::probe::{audio_info, video_info};
+use vodfleet_tests::{unique, Recording, RtmpServer, Running, Worker};
+
+const PASSWORD: &str = "rtsp-pw-canary-93b1";
+
+fn task(src: Value, rtmp: &RtmpServer, key: &str) -> Value {
+    json!({
+        "id": unique("rtsp"),
+        "src": src,
+        "forward": [{"url": rtmp.url(key)}],
+        "extendParam": {"loop": "1"}
+    })
+}
+
+/// Plays `src` to its end and checks the recording: one session, H.264 +
+/// AAC, `want` ± `slack` seconds of video, monotonic, decoding cleanly.
+fn assert_plays(src: Value, want: f64, slack: f64, env: &[(&str, &str)]) -> Running {
+    let rtmp = RtmpServer::start();
+    let key = unique("rtsp");
+    let mut w = Worker::play(task(src, &rtmp, &key), env);
+    let status = w.wait_exit(Duration::from_secs(90));
+    assert_eq!(status.code(), Some(0), "worker failed\n{}", w.report());
+    assert!(w.events_named("item_failed").is_empty(), "{}", w.report());
+    rtmp.assert_one_session(&key);
+    let path = rtmp.record_path(&key);
+    let (v, a) = (video_info(&path), audio_info(&path));
+    assert_eq!((v.codec.as_str(), v.width, v.height), ("h264", 320, 240));
+    assert_eq!((a.codec.as_str(), a.sample_rate), ("aac", 44100));
+    let rec = Recording::read(&path);
+    let got = rec.video_secs();
+    assert!(
+        (got - want).abs() <= slack,
+        "recorded {got:.3} s of video, want {want} ± {slack} s: {}",
+        rec.summary()
+    );
+    let audio = vodfleet_tests::probe::span(&rec.audio);
+    assert!(
+        (audio - got).abs() <= 0.5,
+        "audio {audio:.3} s against video {got:.3} s: {}",
+        rec.summary()
+    );
+    rec.assert_monotonic();
+    rec.assert_decodes_cleanly();
+    w
+}
+
+#[test]
+fn a_relofftime_range_of_an_authenticated_pull_plays_h264_and_aac() {
+    let server = RtspServer::start(&RtspOptions {
+        user: Some(("viewer".into(), PASSWORD.into())),
+        seconds: None,
+    });
+    let url = server.url(Some(&format!("viewer:{PASSWORD}")));
+    // 2–6 s of the pull: 4 s, from the keyframe at or before 2 s (GOP 1 s).
+    let w = assert_plays(json!([{"url": url, "relofftime": "2-6"}]), 4.0, 1.1, &[]);
+    w.assert_not_printed(PASSWORD);
+}
+
+#[test]
+fn a_stream_the_server_ends_plays_to_its_end() {
+    let server = RtspServer::start(&RtspOptions {
+        user: None,
+        seconds: Some(3),
+    });
+    assert_plays(json!([{"url": server.url(None)}]), 3.0, 0.3, &[]);
+}
+
+/// `yyyymmddHHMMSS` (UTC) of Unix ms, as `absofftime` spells it.
+fn civil(unix_ms: u64) -> String {
+    vodfleet_proto::civil::iso8601_utc(unix_ms)
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect()
+}
+
+#[test]
+fn absofftime_resolves_against_the_wall_clock_of_the_pull() {
+    let server = RtspServer::start(&RtspOptions::default());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // A window starting at the next whole second + 2 s and lasting 4 s: the
+    // pull starts within it and records from PLAY on.
+    let from = now / 1000 * 1000 + 3_000;
+    let window = format!("{}-{}", civil(from), civil(from + 4_000));
+    assert_plays(
+        json!([{"url": server.url(None), "absofftime": window}]),
+        4.0,
+        1.1,
+        &[],
+    );
+}
+
+#[test]
+fn wrong_credentials_and_a_closed_port_fail_their_items_by_name() {
+    let server = RtspServer::start(&RtspOptions {
+        user: Some(("viewer".into(), "right-password".into())),
+        seconds: None,
+    });
+    let closed = closed_port();
+    let rtmp = RtmpServer::start();
+    let key = unique("rtsp-bad");
+    let src = json!([
+        {"url": server.url(Some(&format!("viewer:{PASSWORD}")))},
+        {"url": format!("rtsp://viewer:{PASSWORD}@127.0.0.1:{closed}/cam?token={PASSWORD}")},
+    ]);
+    let mut w = Worker::play(
+        task(src, &rtmp, &key),
+        &[("VODFLEET_RETRY_BACKOFF_MS", "200")],
+    );
+    let status = w.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "every item fails\n{}", w.report());
+    let failed = w.events_named("item_failed");
+    assert_eq!(failed.len(), 2, "{}", w.report());
+    let error = |i: usize| failed[i]["error"].as_str().unwrap_or_default().to_owned();
+    let (auth, conn) = (error(0), error(1));
+    assert!(
+        auth.contains(&format!("rtsp://127.0.0.1:{}/test", server.port()))
+            && auth.contains("401")
+            && auth.contains("credentials"),
+        "{auth}"
+    );
+    assert_eq!(failed[0]["error_kind"], "refused", "{}", w.report());
+    assert!(
+        auth.contains("attempt 1 of"),
+        "a refusal is not retried: {auth}"
+    );
+    assert!(
+        conn.contains(&format!("rtsp://127.0.0.1:{closed}/cam?…")) && conn.contains("connect"),
+        "{conn}"
+    );
+    assert_eq!(failed[1]["error_kind"], "unreachable", "{}", w.report());
+    w.assert_not_printed(PASSWORD);
+    assert!(!rtmp.has_stream(&key), "nothing is published");
+}
+
+#[test]
+fn a_loopback_rtsp_source_is_refused_without_the_setting_and_never_contacted() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let rtmp = RtmpServer::start();
+    let key = unique("rtsp-private");
+    let mut w = Worker::play_unset(
+        task(
+            json!([{"url": format!("rtsp://localhost:{port}/test")}]),
+            &rtmp,
+            &key,
+        ),
+        &["VODFLEET_ALLOW_PRIVATE_NETWORKS"],
+        &[("VODFLEET_RETRY_BACKOFF_MS", "200")],
+    );
+    let status = w.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "the item fails\n{}", w.report());
+    let failed = w.events_named("item_failed");
+    let error = failed
+        .first()
+        .and_then(|e| e["error"].as_str())
+        .unwrap_or_default();
+    assert!(
+        error.contains(&format!("rtsp://localhost:{port}/test"))
+            && error.contains("loopback")
+            && error.contains("VODFLEET_ALLOW_PRIVATE_NETWORKS"),
+        "{error}\n{}",
+        w.report()
+    );
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the refused address was contacted"
+    );
+}
