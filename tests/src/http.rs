@@ -2,11 +2,13 @@
 //! answers follow a per-request script, a TCP "dropper" that closes every
 //! connection it accepts, a "black hole" that accepts and never answers, and a
 //! closed port. Each records what it saw so tests can assert counts and timing.
+//! The file server may also pace its bodies ([`HttpServer::throttled`]) and
+//! counts the body bytes it has written so far, live.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -58,6 +60,12 @@ struct Shared {
     requests: Mutex<Vec<Request>>,
     conns: Mutex<Vec<TcpStream>>,
     stop: AtomicBool,
+    /// Body bytes per second of each response, when throttled.
+    rate: Option<u64>,
+    /// Body bytes written so far, all requests together.
+    served: AtomicU64,
+    /// When the first body byte was written.
+    first_byte: Mutex<Option<Instant>>,
 }
 
 /// A file server on 127.0.0.1 answering every path with the same file, request
@@ -77,6 +85,16 @@ impl HttpServer {
 
     /// Serves `file`; requests past the script get `after`.
     pub fn start_with(file: &Path, script: Vec<Behavior>, after: Behavior) -> HttpServer {
+        Self::spawn(file, script, after, None)
+    }
+
+    /// Serves `file` as [`HttpServer::start`] does, each response's body paced
+    /// at `bytes_per_sec` (a slow origin, or one just faster than playback).
+    pub fn throttled(file: &Path, script: Vec<Behavior>, bytes_per_sec: u64) -> HttpServer {
+        Self::spawn(file, script, Behavior::Ok, Some(bytes_per_sec.max(1)))
+    }
+
+    fn spawn(file: &Path, script: Vec<Behavior>, after: Behavior, rate: Option<u64>) -> HttpServer {
         let body = std::fs::read(file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
         let content_type = match file.extension().and_then(|e| e.to_str()) {
             Some("mp4") => "video/mp4",
@@ -95,6 +113,9 @@ impl HttpServer {
             requests: Mutex::new(Vec::new()),
             conns: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
+            rate,
+            served: AtomicU64::new(0),
+            first_byte: Mutex::new(None),
         });
         let s = shared.clone();
         let accept = std::thread::spawn(move || {
@@ -139,6 +160,17 @@ impl HttpServer {
     pub fn body_len(&self) -> usize {
         self.shared.body.len()
     }
+
+    /// Body bytes written so far by every response together (live, unlike
+    /// [`Request::body_sent`], which is set when a response ends).
+    pub fn served_bytes(&self) -> u64 {
+        self.shared.served.load(Ordering::SeqCst)
+    }
+
+    /// When the first body byte was written, if one was.
+    pub fn first_byte_at(&self) -> Option<Instant> {
+        *lock(&self.shared.first_byte)
+    }
 }
 
 impl Drop for HttpServer {
@@ -175,13 +207,37 @@ fn read_head(conn: &mut TcpStream) -> Option<String> {
     Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
-/// Writes as much of `buf` as the peer takes; returns how many bytes went out.
-fn write_counted(conn: &mut TcpStream, buf: &[u8]) -> usize {
+/// Writes as much of `buf` as the peer takes, at the server's rate if it has
+/// one; returns how many bytes went out.
+fn write_counted(s: &Shared, conn: &mut TcpStream, buf: &[u8]) -> usize {
+    let started = Instant::now();
+    // Paced in 16 KiB steps: each waits until the rate allows it.
+    let step = if s.rate.is_some() {
+        16 * 1024
+    } else {
+        buf.len().max(1)
+    };
     let mut sent = 0;
     while sent < buf.len() {
-        match conn.write(&buf[sent..]) {
+        if let Some(rate) = s.rate {
+            let due = started + Duration::from_secs_f64(sent as f64 / rate as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            if s.stop.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+        let end = (sent + step).min(buf.len());
+        match conn.write(&buf[sent..end]) {
             Ok(0) => break,
-            Ok(k) => sent += k,
+            Ok(k) => {
+                if sent == 0 {
+                    lock(&s.first_byte).get_or_insert_with(Instant::now);
+                }
+                sent += k;
+                s.served.fetch_add(k as u64, Ordering::SeqCst);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => break,
         }
@@ -262,7 +318,7 @@ fn serve(s: &Shared, mut conn: TcpStream) {
                 text.len()
             );
             if !head_only {
-                let sent = write_counted(&mut conn, text.as_bytes());
+                let sent = write_counted(s, &mut conn, text.as_bytes());
                 lock(&s.requests)[n].body_sent = sent;
             }
         }
@@ -308,7 +364,7 @@ fn serve(s: &Shared, mut conn: TcpStream) {
                 } else {
                     part
                 };
-                let sent = write_counted(&mut conn, send);
+                let sent = write_counted(s, &mut conn, send);
                 let _ = conn.flush();
                 lock(&s.requests)[n].body_sent = sent;
             }

@@ -65,13 +65,39 @@ impl Worker {
         Self::spawn(task_file, &[], env)
     }
 
+    /// Several tasks side by side in one worker process (`play A.json B.json …`),
+    /// as a worker runs them: they share its engine and its source cache.
+    pub fn play_many(tasks: &[Value], env: &[(&str, &str)]) -> Running {
+        let files: Vec<String> = tasks
+            .iter()
+            .map(|t| serde_json::to_string_pretty(t).expect("task to JSON"))
+            .collect();
+        Self::spawn_files(&files, &[], env)
+    }
+
     fn spawn(task_file: &str, unset: &[&str], env: &[(&str, &str)]) -> Running {
+        Self::spawn_files(&[task_file.to_owned()], unset, env)
+    }
+
+    fn spawn_files(task_files: &[String], unset: &[&str], env: &[(&str, &str)]) -> Running {
         let dir = tempfile::Builder::new()
             .prefix("vodfleet-worker-")
             .tempdir()
             .expect("tempdir");
-        let task_path = dir.path().join("task.json");
-        fs::write(&task_path, task_file).expect("write task.json");
+        let task_paths: Vec<PathBuf> = task_files
+            .iter()
+            .enumerate()
+            .map(|(i, body)| {
+                let name = if i == 0 {
+                    "task.json".to_owned()
+                } else {
+                    format!("task-{i}.json")
+                };
+                let p = dir.path().join(name);
+                fs::write(&p, body).expect("write the task file");
+                p
+            })
+            .collect();
         let cache = dir.path().join("cache");
         fs::create_dir_all(&cache).expect("mkdir cache");
         let stderr_path = dir.path().join("stderr.log");
@@ -79,7 +105,7 @@ impl Worker {
         let bin = Worker::bin();
         let mut cmd = Command::new(&bin);
         cmd.arg("play")
-            .arg(&task_path)
+            .args(&task_paths)
             .args(["--progress", "json"])
             .env("VODFLEET_ALLOW_PRIVATE_NETWORKS", "true")
             .env("VODFLEET_MEDIA_ROOT", crate::media::media_dir())
