@@ -17,7 +17,7 @@
 //! Nested opens (a playlist inside the stream naming other files) are refused
 //! by an `io_open` that opens nothing.
 
-use crate::error::Fault;
+use crate::error::{Fault, WorkerError};
 use crate::source::cache::Reader;
 use ff::ffi;
 use ffmpeg_next as ff;
@@ -35,8 +35,9 @@ struct Io {
     /// The demuxer's own format, and our copy with `read_close` replaced.
     original: *const ffi::AVInputFormat,
     format: ffi::AVInputFormat,
-    /// The read error was logged (libavformat asks again after a failure).
-    logged: bool,
+    /// The first read error: logged once (libavformat asks again after a
+    /// failure), kept for [`source_error`].
+    error: Option<WorkerError>,
 }
 
 /// Opens a demuxer over `reader` and reads its streams' parameters.
@@ -57,7 +58,7 @@ pub fn open_stream(reader: Reader) -> Result<ff::format::context::Input, ff::Err
             pb: ptr::null_mut(),
             original: ptr::null(),
             format: std::mem::zeroed(),
-            logged: false,
+            error: None,
         }));
         let pb = ffi::avio_alloc_context(
             buffer,
@@ -99,6 +100,20 @@ pub fn open_stream(reader: Reader) -> Result<ff::format::context::Input, ff::Err
             return Err(ff::Error::from(r));
         }
         Ok(ff::format::context::Input::wrap(ctx))
+    }
+}
+
+/// Why a streamed source could not be read, once a read failed: the
+/// download's error (task, redacted URL, attempt, byte), for the demuxer's
+/// caller to fail the item with its fault and words rather than an errno.
+/// `None` for a local file or a stream that has not failed.
+pub fn source_error(input: &ff::format::context::Input) -> Option<WorkerError> {
+    // SAFETY: `opaque` is null on every format context but ours (libavformat
+    // and ffmpeg-next never set it), where it is our `Io`, alive as long as
+    // `input`; no read runs while the caller holds `&input`.
+    unsafe {
+        let io = (*input.as_ptr()).opaque as *const Io;
+        io.as_ref().and_then(|io| io.error.clone())
     }
 }
 
@@ -180,11 +195,13 @@ unsafe extern "C" fn read_packet(opaque: *mut c_void, buf: *mut u8, size: c_int)
         Ok(Ok(0)) => ffi::AVERROR_EOF,
         Ok(Ok(n)) => n as c_int,
         Ok(Err(e)) => {
-            if !std::mem::replace(&mut io.logged, true) {
+            let errno = errno_of(e.fault());
+            if io.error.is_none() {
                 // The demuxer reports only an errno: the source's own words are here.
                 tracing::warn!(error = %e, "source read failed");
+                io.error = Some(e);
             }
-            ffi::AVERROR(errno_of(e.fault()))
+            ffi::AVERROR(errno)
         }
         Err(_) => ffi::AVERROR(ffi::EIO),
     }

@@ -33,6 +33,10 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use vodfleet_proto::redact;
 
+mod reader;
+use reader::retask;
+pub use reader::Reader;
+
 /// A read this close ahead of the download's next byte waits for it rather
 /// than asking for a new request (about a second of a 16 Mbit/s download).
 const SOON_BYTES: u64 = 2 * 1024 * 1024;
@@ -70,6 +74,8 @@ struct State {
     task_id: String,
     /// When bytes last arrived (or the entry was pinned).
     progress_at: Instant,
+    /// Stops the running transfer when the last pin goes.
+    run_cancel: Option<CancellationToken>,
 }
 
 impl State {
@@ -207,6 +213,7 @@ impl Cache {
                             fetch_url: String::new(),
                             task_id: String::new(),
                             progress_at: Instant::now(),
+                            run_cancel: None,
                         }),
                         cond: Condvar::new(),
                         notify: tokio::sync::Notify::new(),
@@ -241,7 +248,7 @@ impl Cache {
     /// nobody pins it.
     async fn drive(self: Arc<Self>, entry: Arc<Entry>) {
         loop {
-            let (from, fetch_url, task_id) = {
+            let (from, fetch_url, task_id, run) = {
                 let mut st = entry.lock();
                 let next = (!st.evicted && st.pins > 0)
                     .then(|| st.next_start())
@@ -257,7 +264,9 @@ impl Cache {
                 st.want = None;
                 st.run_bytes = 0;
                 st.cursor = Some(from);
-                (from, st.fetch_url.clone(), st.task_id.clone())
+                let run = entry.cancel.child_token();
+                st.run_cancel = Some(run.clone());
+                (from, st.fetch_url.clone(), st.task_id.clone(), run)
             };
             let mut sink = EntrySink {
                 cache: &self,
@@ -272,13 +281,20 @@ impl Cache {
                 task_id: &task_id,
                 url: &fetch_url,
                 shown: &entry.key,
-                cancel: &entry.cancel,
+                cancel: &run,
             }
             .run(&mut sink)
             .await;
             if let Err(e) = fetched {
                 let mut st = entry.lock();
-                st.failed = Some(e);
+                if run.is_cancelled() && !st.evicted && st.pins > 0 {
+                    // Stopped when its last reader left, and pinned again since: go on.
+                    continue;
+                }
+                // A transfer stopped for want of readers is not a failure.
+                if !run.is_cancelled() {
+                    st.failed = Some(e);
+                }
                 st.driver = false;
                 st.cursor = None;
                 drop(st);
@@ -501,13 +517,7 @@ impl Pin {
             .map(|i| cfg.retry_backoff * 2u32.saturating_pow(i.min(3)))
             .sum();
         let patience = cfg.source_timeout * (cfg.source_attempts + 1) + backoff;
-        Reader {
-            pin: self,
-            pos: 0,
-            task_id: task_id.to_owned(),
-            cancel,
-            patience,
-        }
+        Reader::new(self, task_id, cancel, patience)
     }
 }
 
@@ -516,6 +526,12 @@ impl Drop for Pin {
         let mut st = self.entry.lock();
         st.pins -= 1;
         st.last_used = self.cache.tick.fetch_add(1, Ordering::Relaxed);
+        if st.pins == 0 {
+            // Nobody reads it: the download stops (a later pin resumes it).
+            if let Some(run) = st.run_cancel.take() {
+                run.cancel();
+            }
+        }
         drop(st);
         if self.cache.held_bytes() > self.cache.max_bytes {
             self.cache.evict();
@@ -523,127 +539,5 @@ impl Drop for Pin {
     }
 }
 
-/// Reads an entry while it downloads; blocking (the blocking pool only).
-pub struct Reader {
-    pin: Pin,
-    pos: u64,
-    task_id: String,
-    cancel: CancellationToken,
-    patience: Duration,
-}
-
-impl Reader {
-    /// Reads at the current position: held bytes at once, others once the
-    /// download brings them. `Ok(0)` at the end of the file.
-    pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, WorkerError> {
-        let e = self.pin.entry.clone();
-        let since = Instant::now();
-        let mut st = e.lock();
-        loop {
-            if st.len.is_some_and(|l| self.pos >= l) || buf.is_empty() {
-                return Ok(0);
-            }
-            let run = st.held.run_from(self.pos);
-            if run > 0 {
-                drop(st);
-                let n = run.min(buf.len() as u64) as usize;
-                e.file
-                    .read_exact_at(&mut buf[..n], self.pos)
-                    .map_err(|err| self.error(Fault::Local, format!("cache file: {err}")))?;
-                self.pos += n as u64;
-                return Ok(n);
-            }
-            if let Some(err) = &st.failed {
-                return Err(retask(err, &self.task_id, Some(self.pos)));
-            }
-            if self.cancel.is_cancelled() {
-                return Err(self.error(Fault::Local, "task stopped".into()));
-            }
-            if !st.driver {
-                return Err(self.error(Fault::StreamEnded, "the download stopped".into()));
-            }
-            if since.elapsed() > self.patience && st.progress_at.elapsed() > self.patience {
-                return Err(self.error(
-                    Fault::TimedOut,
-                    format!("no data for {} ms", self.patience.as_millis()),
-                ));
-            }
-            st.focus = self.pos;
-            let soon = st
-                .cursor
-                .is_some_and(|c| c <= self.pos && self.pos < c + SOON_BYTES);
-            if !soon {
-                st.want = Some(self.pos);
-            }
-            st = e
-                .cond
-                .wait_timeout(st, WAIT_SLICE)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-    }
-
-    pub fn seek(&mut self, pos: u64) {
-        self.pos = pos;
-    }
-
-    pub fn position(&self) -> u64 {
-        self.pos
-    }
-
-    /// The file's length, when a response said (or the download ended).
-    pub fn size(&self) -> Option<u64> {
-        self.pin.entry.lock().len
-    }
-
-    fn error(&self, fault: Fault, cause: String) -> WorkerError {
-        WorkerError::Source {
-            task: self.task_id.clone(),
-            url: redact::source(&self.pin.entry.key),
-            attempt: 0,
-            attempts: self.pin.cache.cfg.source_attempts,
-            cause: format!("{cause}, reading byte {}", self.pos),
-            kind: ErrorKind::Fail,
-            fault,
-        }
-    }
-}
-
-/// A download's error as the task `task` sees it (the driver may have been
-/// started by another task), with the byte its reader needed.
-fn retask(err: &WorkerError, task: &str, pos: Option<u64>) -> WorkerError {
-    let at = |cause: String| match pos {
-        Some(p) => format!("{cause}, reading byte {p}"),
-        None => cause,
-    };
-    match err.clone() {
-        WorkerError::Source {
-            url,
-            attempt,
-            attempts,
-            cause,
-            fault,
-            kind,
-            ..
-        } => WorkerError::Source {
-            task: task.to_owned(),
-            url,
-            attempt,
-            attempts,
-            cause: at(cause),
-            // Mid-item, the download's retries are behind it: the item fails.
-            kind: if pos.is_some() { ErrorKind::Fail } else { kind },
-            fault,
-        },
-        WorkerError::Policy { url, reason, .. } => WorkerError::Policy {
-            task: task.to_owned(),
-            url,
-            reason,
-        },
-        other => other,
-    }
-}
-
 #[cfg(test)]
-#[path = "cache_tests.rs"]
 mod tests;

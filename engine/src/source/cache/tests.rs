@@ -301,3 +301,32 @@ fn libavformat_reads_a_stream_as_it_reads_the_file_and_frees_it() {
 }
 
 use ffmpeg_next as ff;
+
+#[test]
+fn a_download_nobody_reads_stops_and_a_new_reader_resumes_it() {
+    let (rt, cache, _dir) = setup(1 << 30);
+    let data = body(8 << 20);
+    let srv = serve(&rt, data.clone(), Duration::from_millis(10));
+    let url = format!("http://127.0.0.1:{}/a.mp4", srv.port);
+    let mut r = open(&rt, &cache, &url);
+    assert_eq!(read_exact(&mut r, 1000), data[..1000]);
+    drop(r);
+    let entry = cache.map().get(&url).unwrap().clone();
+    let until = Instant::now() + Duration::from_secs(5);
+    while entry.lock().driver && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        !entry.lock().driver,
+        "the driver stops with its last reader"
+    );
+    assert!(entry.lock().failed.is_none(), "stopping is not a failure");
+    let held = entry.lock().held.total();
+    assert!(held < data.len() as u64);
+    // A new reader: the download resumes where it stopped, with a Range.
+    let mut r = open(&rt, &cache, &url);
+    assert_eq!(read_exact(&mut r, data.len()), *data);
+    let ranges = srv.ranges.lock().unwrap().clone();
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    assert_eq!(ranges[1], Some(held), "resumed at the first byte not held");
+}
