@@ -33,6 +33,26 @@ pub enum Event {
         /// `stream_ended`, `refused`, `unreachable`, `timed_out`, `codec`, ….
         error_kind: &'static str,
     },
+    /// A late or broken source: the slate (black pictures, silence) is on air
+    /// while the task waits (docs/design/sources.md, "Never dark").
+    SlateStarted {
+        item: usize,
+        #[serde(rename = "loop")]
+        loop_index: u32,
+        /// What the task waits for: `download`, `open` or `read`.
+        waiting_for: &'static str,
+        /// Output time where the slate begins.
+        timeline_ms: u64,
+    },
+    /// The source delivered (or failed): the slate is off air.
+    SlateEnded {
+        item: usize,
+        #[serde(rename = "loop")]
+        loop_index: u32,
+        /// How long the slate was on air (output time it covered).
+        duration_ms: u64,
+        timeline_ms: u64,
+    },
     Destination {
         index: usize,
         destination: String,

@@ -2,7 +2,8 @@
 //! timeline, the pacer, and the fan-out to the destinations.
 
 use crate::destination::{Destination, Setup};
-use crate::frame::{self, Frame, Header, Tracks};
+use crate::frame::{self, Frame, Header, Headers, Tracks};
+use crate::media::slate::{Shape, Slate};
 use crate::media::transcode::Transcoder;
 use crate::media::{CodecId, OutPacket, SharedParams, StreamSetup};
 use crate::pacer::{Pacer, SystemClock};
@@ -43,6 +44,40 @@ pub struct Output {
     /// Copy mode: the audio-only transcoder conforming the current item's
     /// audio to the stream's codec, if it needs one.
     pub conform: Option<Box<Transcoder>>,
+    /// The stream's frame rate, if known (the slate's pictures follow it).
+    pub fps: Option<f64>,
+    /// Copy mode: the slate, encoded the first time a wait needs it.
+    pub slate: SlateCache,
+    /// Copy mode: how the current segment goes on after a slate covered a late read.
+    pub resync: Resync,
+    /// Copy mode: the next video keyframe carries the SPS/PPS on air in-band
+    /// (the first one after a slate; `slate::with_parameter_sets`).
+    pub inband_key: bool,
+    /// The item's sequence headers (and their extradata) while the slate's are on air.
+    saved_headers: Option<(Headers, [Vec<u8>; 2])>,
+}
+
+/// A copy-mode task's slate (docs/design/sources.md, "Never dark").
+pub enum SlateCache {
+    Unbuilt,
+    /// Being encoded on a thread of its own.
+    Building(tokio::sync::oneshot::Receiver<Result<Slate, String>>),
+    Ready(Arc<Slate>),
+    /// It could not be made (logged once): waits go uncovered, as before.
+    Unavailable,
+}
+
+/// Copy mode, after a slate interrupted a segment: the decoder at the other
+/// end saw the slate's pictures and sequence headers, so the item goes on at
+/// its next keyframe (up to a GOP of it is skipped; docs/design/sources.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resync {
+    No,
+    /// Packets are dropped up to the next video keyframe (or audio frame when
+    /// the segment has no video); there the segment goes on after the slate.
+    AwaitKey,
+    /// Went on at the keyframe shown at this source time: audio before it is dropped.
+    From(i64),
 }
 
 impl Output {
@@ -70,7 +105,54 @@ impl Output {
             last_dts: [-1, -1],
             playing: (0, 0, 0),
             conform: None,
+            fps,
+            slate: SlateCache::Unbuilt,
+            resync: Resync::No,
+            inband_key: false,
+            saved_headers: None,
         })
+    }
+
+    /// What the slate of this output looks like: the first item's picture size,
+    /// the stream's frame rate, its audio codec, rate and channels.
+    pub fn slate_shape(&self) -> Shape {
+        Shape {
+            video: self.setup.video.as_ref().map(|v| {
+                let (w, h) = v.size();
+                (w, h, self.fps.unwrap_or(25.0))
+            }),
+            audio: self.setup.audio.as_ref().map(|a| {
+                let (rate, channels) = a.audio_format();
+                (a.codec_id(), rate, channels)
+            }),
+        }
+    }
+
+    /// Puts the slate's sequence headers on air (copy mode), keeping the
+    /// item's for [`Self::restore_headers`]: the slate is an unlike seam.
+    pub fn slate_headers(&mut self, slate: &Slate) -> Result<(), String> {
+        if self.saved_headers.is_none() {
+            self.saved_headers = Some((self.config.clone(), self.extradata.clone()));
+        }
+        for track in [Track::Video, Track::Audio] {
+            if let Some(p) = &slate.params[track as usize] {
+                self.note_config(track, p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The codec extradata of `track` on air.
+    pub fn extradata(&self, track: Track) -> &[u8] {
+        &self.extradata[track as usize]
+    }
+
+    /// The item's sequence headers again after the slate.
+    pub fn restore_headers(&mut self) {
+        if let Some((config, extradata)) = self.saved_headers.take() {
+            self.config = config;
+            self.extradata = extradata;
+        }
     }
 
     /// What a destination needs to (re)start a session now.

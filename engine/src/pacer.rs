@@ -56,6 +56,15 @@ impl<C: Clock> Pacer<C> {
         due
     }
 
+    /// When the packet with output DTS `dts_us` is due, without moving the
+    /// origin; `None` before the first packet. A task waiting for its source
+    /// covers the wait with the slate once this has passed by a grace
+    /// (docs/design/sources.md, "Never dark").
+    pub fn due(&self, dts_us: i64) -> Option<Instant> {
+        let (t0, d0) = self.origin?;
+        Some(t0 + Duration::from_micros((dts_us - d0).max(0) as u64).saturating_sub(self.burst))
+    }
+
     /// How far behind real time the packet with `dts_us` is, if at all.
     pub fn lag(&self, dts_us: i64) -> Duration {
         match self.origin {
@@ -123,6 +132,20 @@ mod tests {
         assert_eq!(p.lag(11_000_000), Duration::ZERO);
         clock.advance(Duration::from_millis(700));
         assert_eq!(p.lag(11_000_000), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn due_is_the_deadline_without_anchoring() {
+        let (mut p, clock, t0) = pacer(1000);
+        assert_eq!(p.due(0), None, "nothing sent: nothing is due");
+        p.deadline(0);
+        clock.advance(Duration::from_secs(30));
+        assert_eq!(p.due(3_000_000), Some(t0 + Duration::from_secs(2)));
+        assert_eq!(
+            p.due(3_000_000),
+            Some(t0 + Duration::from_secs(2)),
+            "no re-anchoring"
+        );
     }
 
     #[test]

@@ -60,6 +60,41 @@ impl Timeline {
         self.end = [None, None];
     }
 
+    /// Starts a slate segment at the end of what is on air; its packets are
+    /// placed in the slate's own time, from 0 (docs/design/sources.md, "Never dark").
+    pub fn begin_slate(&mut self) {
+        self.begin(0, 0);
+    }
+
+    /// How far the video's decode order runs behind its presentation at the
+    /// end of what is on air (the B-frame delay of the item playing), for a
+    /// next video frame of `frame_us`: a slate's pictures are given that much
+    /// less DTS, so decode times go on without a hole and the item after the
+    /// slate, with the same delay, continues them as at any seam.
+    pub fn video_delay(&self, frame_us: i64) -> i64 {
+        match self.last_dts[Track::Video as usize] {
+            None => 0,
+            Some(last) => (self.reached() - last - frame_us).clamp(0, MAX_SLATE_DELAY_US),
+        }
+    }
+
+    /// Extends the current segment to `src_end` on `track` without placing a
+    /// packet (a slate drawn by the task's encoder, which stamps its own packets).
+    pub fn extend(&mut self, track: Track, src_end: i64) {
+        let t = track as usize;
+        self.end[t] = Some(self.end[t].map_or(src_end, |e| e.max(src_end)));
+    }
+
+    /// How far `track` of the current segment reached, in source time.
+    pub fn source_reach(&self, track: Track) -> Option<i64> {
+        self.end[track as usize]
+    }
+
+    /// Output time of the current segment's start.
+    pub fn offset(&self) -> i64 {
+        self.offset
+    }
+
     /// Length of the current segment so far: up to the end of its video (which
     /// carries the frame cadence), or of its audio when there is no video; never
     /// shorter than the audio already emitted, so audio never goes back at a seam.
@@ -118,6 +153,10 @@ impl Timeline {
 /// a tail shorter than this does not lengthen the segment, so seams stay
 /// within one audio frame instead of drifting by one per item.
 const AUDIO_OVERHANG_US: i64 = 30_000;
+
+/// The largest decode delay a slate takes over (a crafted file must not
+/// push a slate's decode times far behind its pictures).
+const MAX_SLATE_DELAY_US: i64 = 500_000;
 
 #[cfg(test)]
 mod tests {
@@ -195,6 +234,49 @@ mod tests {
             tl.source_time(90_000_000 + 2 * F + 5 * F),
             30_000_000 + 5 * F
         );
+    }
+
+    #[test]
+    fn a_slate_is_a_segment_whose_decode_times_continue_the_items() {
+        let mut tl = Timeline::new();
+        let a = play(&mut tl, 0, 50);
+        let end_a = tl.reached();
+        let delay = tl.video_delay(F);
+        assert_eq!(delay, 2 * F, "the item's B-frame delay");
+        tl.begin_slate();
+        assert_eq!(
+            tl.offset(),
+            end_a,
+            "the slate starts where the item reached"
+        );
+        let slate: Vec<_> = (0..25)
+            .map(|i| tl.place(Track::Video, i * F, i * F - delay, F))
+            .collect();
+        assert_eq!(
+            slate[0].0, end_a,
+            "its first picture follows the item's last"
+        );
+        // The item goes on at a keyframe whose DTS is two frames before its PTS.
+        let b = play(&mut tl, 10_000_000, 25);
+        assert_eq!(b[0].0, end_a + 25 * F, "right after the slate");
+        let all: Vec<_> = a.iter().chain(&slate).chain(&b).collect();
+        for w in all.windows(2) {
+            assert_eq!(
+                w[1].1 - w[0].1,
+                F,
+                "DTS steps one frame: {:?} then {:?}",
+                w[0],
+                w[1]
+            );
+        }
+        // A slate drawn by an encoder only extends its segment.
+        tl.begin_slate();
+        let before = tl.reached();
+        tl.extend(Track::Video, 2_000_000);
+        assert_eq!(tl.reached(), before + 2_000_000);
+        tl.begin(5_000_000, 5_000_000);
+        assert_eq!(tl.offset(), before + 2_000_000);
+        assert_eq!(tl.source_reach(Track::Video), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod avio;
 pub mod demux;
+pub mod slate;
 pub mod transcode;
 pub mod watermark;
 

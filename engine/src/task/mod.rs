@@ -14,6 +14,7 @@
 //! [`Control::Stop`], [`Control::StopForwards`] (some destinations) and
 //! [`Control::Update`] (a new playlist, now or after the current item).
 
+mod cover;
 mod fanout;
 mod play;
 

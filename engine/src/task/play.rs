@@ -1,6 +1,7 @@
 //! Playing one item: open it, cut it into ranges, demux, place every packet on
 //! the task's timeline, pace it and fan it out.
 
+use super::cover::Wait;
 use super::{Halt, Placement, Task};
 use crate::cut::{self, Gate};
 use crate::destination::Destination;
@@ -9,7 +10,7 @@ use crate::event::Event;
 use crate::media::demux::{ReadAhead, TimingCheck};
 use crate::media::transcode::Transcoder;
 use crate::media::{self, watermark, OutPacket, SharedParams, StreamSetup};
-use crate::output::{self, Mode, Output};
+use crate::output::{self, Mode, Output, Resync};
 use crate::plan::{self, Played, Segment};
 use crate::timeline::Track;
 use ffmpeg_next as ff;
@@ -37,20 +38,21 @@ impl Task {
             })
         };
         let bad = |cause: String| MediaError::new(Fault::BadMedia, cause);
-        let local = self.sources.open(&spec.url);
-        let path = match self.end_at {
-            None => local.await,
-            Some(end) => tokio::select! {
-                r = local => r,
-                _ = tokio::time::sleep_until(end.into()) => return Err(Halt::End),
-            },
-        };
+        // Both waits are covered by the slate while something is on air (cover.rs).
+        let sources = self.sources.clone();
+        let local = sources.open(&spec.url);
+        let (path, _) = self
+            .waiting(out.as_mut(), Wait::Download, (item, pass), local)
+            .await?;
         // A stop during the download cancels it: report the stop, not the failure.
         self.control_pending()?;
         let path = path.map_err(|e| Halt::Fail((*e).clone()))?;
         // Opening probes the file: a few reads, off the shard's event loop.
-        let input = tokio::task::spawn_blocking(move || media::open_input(path))
-            .await
+        let open = tokio::task::spawn_blocking(move || media::open_input(path));
+        let (input, _) = self
+            .waiting(out.as_mut(), Wait::Open, (item, pass), open)
+            .await?;
+        let input = input
             .map_err(|e| {
                 media_err(
                     0,
@@ -179,7 +181,10 @@ impl Task {
                 // The keyframe at or before the cut: copy mode starts there, transcode mode
                 // decodes from there. An estimated resume point takes the nearest keyframe.
                 let mut target = seg.start;
-                let input = reader.input().await.map_err(|e| media_err(r.start_ms, e))?;
+                let (input, _) = self
+                    .waiting(Some(&mut *o), Wait::Read, (item, pass), reader.input())
+                    .await?;
+                let input = input.map_err(|e| media_err(r.start_ms, e))?;
                 if resume_ms.is_some() && std::mem::take(&mut self.resume_nearest) {
                     if let Some((seek, keyframe)) =
                         video.and_then(|v| media::nearest_keyframe(input, v, seg.start))
@@ -366,6 +371,7 @@ impl Task {
         let mut on_air = Vec::new();
         let transcoding = matches!(o.mode, Mode::Transcode(_));
         o.playing = (seg.item, seg.pass, seg.origin);
+        o.resync = Resync::No;
         if transcoding {
             // Decoding starts at the keyframe before the cut; frames before the cut are
             // decoded but dropped, so the output starts exactly at the cut.
@@ -376,18 +382,16 @@ impl Task {
         let mut timing = TimingCheck::default();
         loop {
             self.control_pending()?;
-            // Waiting for a read answers control messages too.
-            let packet = tokio::select! {
-                biased;
-                c = self.control.recv() => {
-                    match c {
-                        Some(c) => self.obey(c)?,
-                        None => return Err(Halt::Stop),
-                    }
-                    continue;
-                }
-                p = reader.next() => p,
-            };
+            // Waiting for a read answers control messages too; a late one is
+            // covered by the slate (cover.rs).
+            let (packet, _) = self
+                .waiting(
+                    Some(&mut *o),
+                    Wait::Read,
+                    (seg.item, seg.pass),
+                    reader.next(),
+                )
+                .await?;
             let packet = match packet {
                 Ok(Some(p)) => p,
                 Ok(None) => {
@@ -498,6 +502,24 @@ impl Task {
         p: cut::Packet<ff::Packet>,
         seg: &Segment,
     ) -> Result<(), Halt> {
+        match o.resync {
+            Resync::No => {}
+            Resync::AwaitKey => {
+                // After a slate: the item goes on at its next keyframe, right after the slate.
+                let opens = match p.track {
+                    Track::Video => p.key,
+                    Track::Audio => seg.video.is_none(),
+                };
+                if !opens {
+                    return Ok(());
+                }
+                o.timeline.begin(p.pts, p.dts);
+                o.resync = Resync::From(p.pts);
+            }
+            // Audio the keyframe's picture does not show.
+            Resync::From(key) if p.track == Track::Audio && p.pts < key => return Ok(()),
+            Resync::From(_) => {}
+        }
         if let (Track::Audio, Some(t)) = (p.track, o.conform.as_mut()) {
             // A conformed item's audio: decoded and encoded, placed by the encoder.
             let pkts = t
@@ -507,8 +529,17 @@ impl Task {
         }
         let (opts, odts) = o.timeline.place(p.track, p.pts, p.dts, p.dur);
         o.last_dts[p.track as usize] = o.last_dts[p.track as usize].max(odts);
+        let mut packet = p.data;
+        if p.track == Track::Video && p.key && std::mem::take(&mut o.inband_key) {
+            // The first keyframe after a slate names its SPS/PPS again (media/slate.rs).
+            if let Some(with) =
+                media::slate::with_parameter_sets(o.extradata(Track::Video), &packet)
+            {
+                packet = with;
+            }
+        }
         let out = OutPacket {
-            packet: p.data,
+            packet,
             track: p.track,
             key: p.key,
             pts_us: opts,

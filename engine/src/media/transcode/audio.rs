@@ -116,6 +116,24 @@ impl AudioPath {
         Ok(())
     }
 
+    /// Silence up to output time `until_us` (a slate; docs/design/sources.md).
+    pub(super) fn silence_until(
+        &mut self,
+        until_us: i64,
+        out: &mut Vec<OutPacket>,
+    ) -> Result<(), String> {
+        let expected = until_us * AUDIO_RATE as i64 / 1_000_000;
+        if self.queued < expected {
+            let gap = (expected - self.queued) as usize;
+            for ch in &mut self.fifo {
+                ch.extend(std::iter::repeat_n(0.0, gap));
+            }
+            self.queued = expected;
+        }
+        self.placed = true;
+        self.encode_ready(out)
+    }
+
     fn encode_ready(&mut self, out: &mut Vec<OutPacket>) -> Result<(), String> {
         while self.fifo[0].len() >= self.frame_size {
             let mut f = ff::frame::Audio::new(

@@ -260,6 +260,54 @@ impl Transcoder {
         Ok(out)
     }
 
+    /// Starts covering a late source at output time `at_us` (docs/design/sources.md,
+    /// "Never dark"): the item's last picture is shown up to there, black after it.
+    pub fn slate_start(&mut self, at_us: i64) -> Result<Vec<OutPacket>, String> {
+        let mut out = Vec::new();
+        if let Some(v) = &mut self.video {
+            v.tick_until(at_us, &mut out)?;
+            let mut black = ff::frame::Video::new(Pixel::YUV420P, v.width, v.height);
+            // Black in limited range: Y 16, U and V 128.
+            for (plane, value) in [(0, 16u8), (1, 128), (2, 128)] {
+                black.data_mut(plane).fill(value);
+            }
+            if v.held.is_none() {
+                let per = v.tick_us(1);
+                v.next_tick = v.next_tick.max((at_us + per - 1) / per);
+            }
+            v.held = Some((black, at_us));
+        }
+        Ok(out)
+    }
+
+    /// Black pictures and silence through the task's own encoders up to output
+    /// time `until_us` (after [`Self::slate_start`]); the item's next frames
+    /// take over where they land.
+    pub fn slate_until(&mut self, until_us: i64) -> Result<Vec<OutPacket>, String> {
+        let mut out = Vec::new();
+        if let Some(v) = &mut self.video {
+            v.tick_until(until_us, &mut out)?;
+        }
+        if let Some(a) = &mut self.audio {
+            a.silence_until(until_us, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Moves the audio clock to output time `us`, dropping samples not yet
+    /// encoded: a conformed item's audio after a slate in copy mode, whose
+    /// silence was already sent.
+    pub fn skip_audio_to(&mut self, us: i64) {
+        if let Some(a) = &mut self.audio {
+            let n = us.max(0) * AUDIO_RATE as i64 / 1_000_000;
+            if n > a.queued {
+                a.fifo.iter_mut().for_each(Vec::clear);
+                a.queued = n;
+                a.encoded = n;
+            }
+        }
+    }
+
     /// Drains the encoders at the end of the task.
     pub fn flush(&mut self) -> Vec<OutPacket> {
         let mut out = Vec::new();
