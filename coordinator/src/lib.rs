@@ -5,6 +5,7 @@ pub mod api;
 pub mod callback;
 pub mod config;
 pub mod ctx;
+pub mod inbox;
 pub mod intake;
 pub mod lease;
 pub mod metrics;

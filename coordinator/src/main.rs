@@ -6,7 +6,7 @@
 //! commands and worker events, runs the reaper, and serves the HTTP API.
 
 use vodfleet_coordinator::metrics::{RABBITMQ, REDIS};
-use vodfleet_coordinator::{api, callback, config, ctx, intake, lease, metrics, store};
+use vodfleet_coordinator::{api, callback, config, ctx, inbox, intake, lease, metrics, store};
 
 use anyhow::Context as _;
 use futures_util::StreamExt;
@@ -14,9 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use vodfleet_bus::lapin::options::BasicAckOptions;
 use vodfleet_bus::Bus;
-use vodfleet_proto::fleet::{WorkerMessage, COMMANDS_QUEUE, EVENTS_QUEUE};
+use vodfleet_proto::fleet::{COMMANDS_QUEUE, EVENTS_QUEUE};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -216,29 +215,16 @@ async fn supervise_bus(ctx: Arc<ctx::Ctx>, tracker: TaskTracker, cancel: Cancell
             // cannot serve yet (a quorum queue still without a leader after a crash)
             // must not hold back command intake.
             let ev_loop = async {
-                let (_c2, mut events) =
-                    bus.consume(EVENTS_QUEUE, "coordinator-events", 256).await?;
+                let (_c2, mut events) = bus
+                    .consume(EVENTS_QUEUE, "coordinator-events", inbox::PREFETCH)
+                    .await?;
+                // Each worker's messages in order, many workers at once, and a
+                // heartbeat superseded by a newer one of its worker while it waits
+                // (coordinator/src/inbox.rs, docs/CAPACITY.md).
+                let inbox = inbox::for_ctx(ctx.clone());
                 while let Some(d) = events.next().await {
                     let d = d.map_err(vodfleet_bus::BusError::from)?;
-                    match serde_json::from_slice::<WorkerMessage>(&d.data) {
-                        Ok(msg) => match lease::with_retry("worker message", || {
-                            lease::handle(&ctx, msg.clone())
-                        })
-                        .await
-                        {
-                            Ok(()) => {
-                                let _ = d.ack(BasicAckOptions::default()).await;
-                            }
-                            Err(e) => {
-                                tracing::error!(error = %e, "worker message not handled; returning it to the queue");
-                                intake::requeue(&d).await;
-                            }
-                        },
-                        Err(e) => {
-                            tracing::warn!(error = %e, "unreadable worker message dropped");
-                            let _ = d.ack(BasicAckOptions::default()).await;
-                        }
-                    }
+                    inbox::accept(&ctx, &inbox, d).await;
                 }
                 Ok::<(), vodfleet_bus::BusError>(())
             };

@@ -43,6 +43,9 @@ pub struct Metrics {
     /// Age of the newest heartbeat handled, in seconds (how stale the fleet's view is).
     pub heartbeat_age: Gauge,
     pub heartbeats: IntCounter,
+    /// Heartbeats not handled because a newer one of the same worker arrived
+    /// while they waited (coordinator/src/inbox.rs).
+    pub heartbeats_superseded: IntCounter,
     /// Heartbeats that came over HTTP (RabbitMQ down), by `outcome`
     /// (renewed, refused, rejected, forbidden, failed).
     pub http_heartbeats: IntCounterVec,
@@ -189,6 +192,10 @@ impl Metrics {
             ),
             heartbeat_age,
             heartbeats: counter("vodfleet_heartbeats_total", "Worker heartbeats handled"),
+            heartbeats_superseded: counter(
+                "vodfleet_heartbeats_superseded_total",
+                "Worker heartbeats skipped because a newer one of the same worker arrived while they waited",
+            ),
             http_heartbeats,
             callbacks_sent: counter(
                 "vodfleet_callbacks_sent_total",

@@ -13,7 +13,12 @@ builds of vodfleet-coordinator, vodctl and vodfleet-sim (release preferred):
 What it does
   1. Starts, on free loopback ports and in a temporary directory, everything
      of its own so the machine's shared services are never touched:
-     a redis-server (--save '' --appendonly no), a RabbitMQ node of its own
+     a redis-server (--save '' --appendonly no) or, with --redis cluster, a
+     Redis Cluster of six (three masters, three replicas: `redis-server
+     --cluster-enabled yes` on free ports, `redis-cli --cluster create
+     --cluster-replicas 1`, as tests/src/fleet/redis_cluster.rs makes one; the
+     coordinators then get VODFLEET_REDIS_CLUSTER=true and the six seed nodes
+     in VODFLEET_REDIS_URL), a RabbitMQ node of its own
      (--broker private, default: own node name, ports, HOME/cookie, empty
      RABBITMQ_CONF_ENV_FILE, own config file; the way tests/src/fleet/rabbit.rs
      RabbitNode does it) or a private vhost on the machine's broker
@@ -36,9 +41,11 @@ What it does
   4. Measures the steady window (--duration s, all T tasks held): every
      --sample-every s the coordinators' utime+stime and RSS (/proc/PID/stat,
      /proc/PID/status), Redis INFO (used_memory, instantaneous_ops_per_sec,
-     used_cpu_sys+used_cpu_user), the broker's beam.smp CPU, the simulator's
+     used_cpu_sys+used_cpu_user; summed over every node of a cluster, replicas
+     included), the broker's beam.smp CPU, the simulator's
      CPU, the load average, and the simulator's progress (heartbeats, task
-     lines, false expiries).
+     lines, false expiries). The same figures from the first order to the
+     start of the window are the ramp's (`ramp`).
   5. Times `GET /v1/tasks` (signed) against a coordinator: the first page
      (default limit) and a page of 1000, three times each, then every page of
      1000 followed through `next` (a full listing).
@@ -257,6 +264,56 @@ def start_redis(workdir, binary):
     raise RuntimeError("redis-server did not start")
 
 
+def redis_info(port):
+    r = Redis(port)
+    try:
+        return r.info()
+    finally:
+        r.close()
+
+
+def start_redis_cluster(workdir, binary, nodes=6, node_timeout_ms=2000):
+    """Six cluster nodes, three masters and three replicas, like
+    tests/src/fleet/redis_cluster.rs RedisCluster: [(process, port)]."""
+    started = []
+    while len(started) < nodes:
+        port, bus = free_port(), free_port()
+        if port == bus:
+            continue
+        p = spawn([binary, "--port", str(port), "--cluster-port", str(bus), "--cluster-enabled", "yes",
+                   "--cluster-config-file", os.path.join(workdir, f"nodes-{port}.conf"),
+                   "--cluster-node-timeout", str(node_timeout_ms), "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "no", "--daemonize", "no", "--dir", workdir],
+                  os.path.join(workdir, f"redis-{port}.log"))
+        try:
+            wait_for("redis PING", lambda: port_open(port) and Redis(port).cmd("PING") == "PONG", 10)
+            started.append((p, port))
+        except Exception as e:  # port taken meanwhile: try another
+            log(f"redis on {port}: {e}")
+            stop(p)
+    cli = os.path.join(os.path.dirname(shutil.which(binary) or binary), "redis-cli")
+    cli = cli if os.path.isfile(cli) else "redis-cli"
+    subprocess.run([cli, "--cluster", "create", *[f"127.0.0.1:{port}" for _, port in started],
+                    "--cluster-replicas", "1", "--cluster-yes"], check=True, capture_output=True,
+                   text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+    def healthy():
+        for _, port in started:
+            r = Redis(port)
+            try:
+                info = r.cmd("CLUSTER", "INFO")
+                repl = r.cmd("INFO", "replication")
+            finally:
+                r.close()
+            if "cluster_state:ok" not in info or "cluster_slots_ok:16384" not in info:
+                return False
+            if "role:slave" in repl and "master_link_status:up" not in repl:
+                return False
+        return True
+    wait_for("Redis Cluster healthy", healthy, 60, 0.5)
+    return started
+
+
 # ---------------------------------------------------------------- RabbitMQ
 
 def start_rabbit_node(workdir, bin_dir):
@@ -428,28 +485,38 @@ def last_progress(path):
 class Sampler:
     """CPU ticks and RSS of our processes, Redis INFO, the simulator's progress."""
 
-    def __init__(self, pids, redis_port, progress, coord_ports):
+    def __init__(self, pids, redis_ports, progress, coord_ports):
         self.pids = pids  # name -> pid
-        self.redis = Redis(redis_port)
+        self.redis = [Redis(p) for p in redis_ports]
         self.progress = progress
         self.coord_ports = coord_ports
 
     def sample(self):
-        info = self.redis.info()
+        infos = [r.info() for r in self.redis]
+        num = lambda info, k: float(info.get(k, 0) or 0)
+        # A cluster's data is on its masters (replicas hold a copy); its CPU,
+        # commands and ops on every node.
+        masters = [i for i in infos if i.get("role", "master") == "master"]
         return {"t": time.monotonic(), "load": loadavg(),
                 "ticks": {n: cpu_ticks(p) for n, p in self.pids.items()},
                 "rss_kb": {n: rss_kb(p) for n, p in self.pids.items()},
-                "redis": {"used_memory": int(info.get("used_memory", 0)),
-                          "ops_per_sec": int(info.get("instantaneous_ops_per_sec", 0)),
-                          "cpu_s": float(info.get("used_cpu_sys", 0)) + float(info.get("used_cpu_user", 0)),
-                          "commands": int(info.get("total_commands_processed", 0))},
+                "redis": {"used_memory": int(sum(num(i, "used_memory") for i in masters)),
+                          "used_memory_all_nodes": int(sum(num(i, "used_memory") for i in infos)),
+                          "ops_per_sec": int(sum(num(i, "instantaneous_ops_per_sec") for i in infos)),
+                          "cpu_s": sum(num(i, "used_cpu_sys") + num(i, "used_cpu_user") for i in infos),
+                          "cpu_s_nodes": [round(num(i, "used_cpu_sys") + num(i, "used_cpu_user"), 2)
+                                          for i in infos],
+                          "roles": [i.get("role") for i in infos],
+                          "commands": int(sum(num(i, "total_commands_processed") for i in infos))},
                 "sim": last_progress(self.progress),
                 "coordinator_metrics": [coordinator_metrics(p) for p in self.coord_ports]}
 
 
 COORD_METRICS = ("vodfleet_heartbeats_total", "vodfleet_heartbeat_age_seconds",
                  "vodfleet_http_heartbeats_total", "vodfleet_leases_expired_total",
-                 "vodfleet_failovers_total", "vodfleet_leases_issued_total")
+                 "vodfleet_failovers_total", "vodfleet_leases_issued_total",
+                 "vodfleet_heartbeats_superseded_total", "vodfleet_orders_unclaimed_total",
+                 "vodfleet_leases_reissued_total")
 
 
 def coordinator_metrics(port):
@@ -484,6 +551,8 @@ def window(a, b, coordinators):
         "cores": {n: None if v is None else round(v / secs, 3) for n, v in cpu.items()},
         "coordinators_cores": round(coord_cpu / secs, 3),
         "redis_cpu_s": redis_cpu, "redis_cores": round(redis_cpu / secs, 3),
+        "redis_cpu_s_per_node": [round(y - x, 2) for x, y in zip(a["redis"]["cpu_s_nodes"],
+                                                                   b["redis"]["cpu_s_nodes"])],
         "redis_commands_per_s": round((b["redis"]["commands"] - a["redis"]["commands"]) / secs),
         "heartbeats": beats, "heartbeats_per_s": round(beats / secs, 1),
         "task_lines": lines, "task_lines_per_s": round(lines / secs, 1),
@@ -495,6 +564,7 @@ def window(a, b, coordinators):
                                       "redis": per_k(redis_cpu, beats),
                                       "rabbitmq": per_k(cpu.get("rabbitmq") or 0, beats)},
         "false_expiries": b["sim"].get("false_expiries", 0) - a["sim"].get("false_expiries", 0),
+        "sim_expiries": b["sim"].get("sim_expiries", 0) - a["sim"].get("sim_expiries", 0),
         "revoked": b["sim"].get("revoked", 0) - a["sim"].get("revoked", 0),
         "load_start": a["load"], "load_end": b["load"],
     }
@@ -511,6 +581,8 @@ def main():
     ap.add_argument("--sample-every", type=float, default=10.0)
     ap.add_argument("--coordinators", type=int, default=2)
     ap.add_argument("--broker", choices=("private", "vhost"), default="private")
+    ap.add_argument("--redis", choices=("single", "cluster"), default="single",
+                    help="one redis-server, or a Redis Cluster of 3 masters + 3 replicas")
     ap.add_argument("--lease-ttl-ms", type=int, default=10000)
     ap.add_argument("--heartbeat-ms", type=int, default=2000)
     ap.add_argument("--publishers", type=int, default=4, help="vodctl processes at once")
@@ -520,7 +592,7 @@ def main():
     ap.add_argument("--rabbitmq-bin-dir", default="/usr/lib/rabbitmq/bin")
     ap.add_argument("--rabbitmqctl", default=os.environ.get("VODFLEET_RABBITMQCTL", "rabbitmqctl"))
     ap.add_argument("--max-load", type=float, default=None, help="refuse to start above this 1-min load")
-    ap.add_argument("--out", help="result file (default scripts/bench/results/<date>-fleetsim-NxM.json)")
+    ap.add_argument("--out", help="result file (default scripts/bench/results/<date>-fleetsim-NxM[-cluster].json)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, on_signal)
@@ -537,7 +609,8 @@ def main():
         CLEANUPS.insert(0, lambda: shutil.rmtree(workdir, ignore_errors=True))
     date = dt.datetime.now(dt.timezone.utc)
     out = args.out or os.path.join(ROOT, "scripts", "bench", "results",
-                                   f"{date:%Y-%m-%d}-fleetsim-{args.workers}x{args.tasks}.json")
+                                   f"{date:%Y-%m-%d}-fleetsim-{args.workers}x{args.tasks}"
+                                   f"{'-cluster' if args.redis == 'cluster' else ''}.json")
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     res = {"benchmark": "fleetsim", "date": date.isoformat(timespec="seconds"),
@@ -546,7 +619,7 @@ def main():
            "binaries": {n: {"path": b, "sha256": sha256(b)} for n, b in bins.items()},
            "machine": {"cores": os.cpu_count(), "loadavg_before": load0},
            "workers": args.workers, "tasks_per_worker": args.tasks, "tasks": total,
-           "coordinators": args.coordinators, "broker": args.broker,
+           "coordinators": args.coordinators, "broker": args.broker, "redis": args.redis,
            "lease_ttl_ms": args.lease_ttl_ms, "heartbeat_ms": args.heartbeat_ms,
            "workdir": workdir if args.keep else None}
     try:
@@ -578,8 +651,17 @@ def main():
 
 
 def run(args, res, bins, workdir, steps, total):
-    redis, redis_port = start_redis(workdir, args.redis_server)
-    log(f"redis on :{redis_port}")
+    if args.redis == "cluster":
+        nodes = start_redis_cluster(workdir, args.redis_server)
+        redis_ports = [port for _, port in nodes]
+        redis_pids = {f"redis{i}": p.pid for i, (p, _) in enumerate(nodes)}
+        redis_url = ",".join(f"redis://127.0.0.1:{port}/" for port in redis_ports)
+        log(f"Redis Cluster on {redis_ports}")
+    else:
+        redis, redis_port = start_redis(workdir, args.redis_server)
+        redis_ports, redis_pids = [redis_port], {"redis": redis.pid}
+        redis_url = f"redis://127.0.0.1:{redis_port}/"
+        log(f"redis on :{redis_port}")
     if args.broker == "private":
         rabbit, amqp, node = start_rabbit_node(workdir, args.rabbitmq_bin_dir)
         beam = wait_for("beam.smp of the private node", lambda: beam_pid(node), 30)
@@ -591,7 +673,8 @@ def run(args, res, bins, workdir, steps, total):
     coords, ports = [], []
     for i in range(args.coordinators):
         port = free_port()
-        env = dict(os.environ, VODFLEET_AMQP_URL=amqp, VODFLEET_REDIS_URL=f"redis://127.0.0.1:{redis_port}/",
+        env = dict(os.environ, VODFLEET_AMQP_URL=amqp, VODFLEET_REDIS_URL=redis_url,
+                   VODFLEET_REDIS_CLUSTER="true" if args.redis == "cluster" else "false",
                    VODFLEET_HTTP_ADDR=f"127.0.0.1:{port}", VODFLEET_API_KEYS=f"{key[0]}:{key[1]}",
                    VODFLEET_LEASE_TTL_MS=str(args.lease_ttl_ms), VODFLEET_HEARTBEAT_MS=str(args.heartbeat_ms),
                    VODFLEET_LOG="warn")
@@ -614,8 +697,9 @@ def run(args, res, bins, workdir, steps, total):
     log(f"{args.workers} simulated workers connected")
 
     pids = {f"coordinator{i}": p.pid for i, p in enumerate(coords)}
-    pids.update({"redis": redis.pid, "rabbitmq": beam, "sim": sim.pid})
-    sampler = Sampler(pids, redis_port, progress, ports)
+    pids.update(redis_pids)
+    pids.update({"rabbitmq": beam, "sim": sim.pid})
+    sampler = Sampler(pids, redis_ports, progress, ports)
     coord_names = [f"coordinator{i}" for i in range(len(coords))]
     base = sampler.sample()
     res["baseline"] = {"rss_kb": base["rss_kb"], "redis_used_memory": base["redis"]["used_memory"],
@@ -654,6 +738,9 @@ def run(args, res, bins, workdir, steps, total):
     log(f"steady window: {args.duration} s")
     sim.send_signal(signal.SIGUSR1)  # the simulator's latencies from here on ("window")
     samples = [sampler.sample()]
+    # The ramp: every step, from the first publish to the window (costs, expiries).
+    res["ramp"] = window(base, samples[0], coord_names)
+    res["ramp"]["coordinator_metrics_end"] = samples[0]["coordinator_metrics"]
     end = samples[0]["t"] + args.duration
     while time.monotonic() < end:
         time.sleep(min(args.sample_every, max(0.0, end - time.monotonic())))

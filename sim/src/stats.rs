@@ -215,6 +215,11 @@ impl Stats {
                 None => Vec::new(),
             };
             let all: Vec<u32> = samples.iter().map(|(_, us)| *us).collect();
+            let ramp: Vec<u32> = samples
+                .iter()
+                .filter(|(at, _)| window_from.is_none_or(|from| *at < from))
+                .map(|(_, us)| *us)
+                .collect();
             let steady: Vec<u32> = match all_full {
                 Some(d) => {
                     let from = d.as_millis() as u32;
@@ -230,6 +235,7 @@ impl Stats {
                 all: Percentiles::of_us(all),
                 steady: Percentiles::of_us(steady),
                 window: Percentiles::of_us(window),
+                ramp: Percentiles::of_us(ramp),
             }
         };
         Summary {
@@ -347,6 +353,9 @@ pub struct Latency {
     pub steady: Percentiles,
     /// Acks from the driver's SIGUSR1 on (its measuring window; empty without one).
     pub window: Percentiles,
+    /// Acks before the driver's SIGUSR1: the fleet filling up (every ack of
+    /// the run without one).
+    pub ramp: Percentiles,
 }
 
 /// Ack counts.
