@@ -1,14 +1,18 @@
 //! `rtsp://` sources (issue 8): pulled with `retina` over TCP-interleaved RTP
 //! from a real GStreamer RTSP server (H.264 + AAC, `tests/rtsp-server.py`),
 //! and judged by what nginx-rtmp recorded: `relofftime` counts from the start
-//! of the pull, `absofftime` against its wall clock, a stream the server ends plays to its end, wrong credentials
+//! of the pull, `absofftime` against its wall clock, a pull that stalls resumes
+//! and appends, a stream the server ends plays to its end, wrong credentials
 //! and an unreachable port fail their item by name without printing the
 //! password, and a loopback address is refused without
 //! `VODFLEET_ALLOW_PRIVATE_NETWORKS`.
 
 use serde_json::{json, Value};
-use std::net::TcpListener;
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use vodfleet_tests::http::closed_port;
 use vodfleet_tests::peers::{RtspOptions, RtspServer};
 use vodfleet_tests::probe::{audio_info, video_info};
@@ -78,6 +82,77 @@ fn a_stream_the_server_ends_plays_to_its_end() {
     assert_plays(json!([{"url": server.url(None)}]), 3.0, 0.3, &[]);
 }
 
+/// A TCP relay on 127.0.0.1 to `to`: its first connection goes silent from
+/// the server's side after `after` (the sockets stay open, nothing more is
+/// passed on), later ones relay both ways. Returns its port and a count of
+/// connections.
+fn stalling_relay(to: u16, after: Duration) -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
+                return;
+            };
+            let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || relay(c2, s2, None));
+            std::thread::spawn(move || relay(server, client, (n == 0).then_some(after)));
+        }
+    });
+    (port, count)
+}
+
+fn relay(mut from: TcpStream, mut to: TcpStream, stall_after: Option<Duration>) {
+    let start = Instant::now();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if stall_after.is_some_and(|d| start.elapsed() >= d) {
+            // Hold both sockets open, silent, well past the worker's timeout.
+            std::thread::sleep(Duration::from_secs(30));
+            return;
+        }
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_pull_that_stalls_resumes_and_appends_after_what_it_has() {
+    let server = RtspServer::start(&RtspOptions::default());
+    let (port, connections) = stalling_relay(server.port(), Duration::from_secs(3));
+    let url = format!("rtsp://127.0.0.1:{port}/test");
+    // The first connection stalls after ~3 s: after 2 s without media the
+    // attempt fails and the next one appends the rest of the 8 s. The resumed
+    // session's keyframes fall anywhere in the second, and copy mode ends
+    // the range just before the keyframe at or after 8 s: 8–9 s.
+    let w = assert_plays(
+        json!([{"url": url, "relofftime": "0-8"}]),
+        8.5,
+        0.55,
+        &[
+            ("VODFLEET_SOURCE_TIMEOUT_MS", "2000"),
+            ("VODFLEET_RETRY_BACKOFF_MS", "200"),
+        ],
+    );
+    assert_eq!(connections.load(Ordering::SeqCst), 2, "{}", w.report());
+    let err = w.stderr();
+    assert!(
+        err.contains("RTSP pull attempt failed") && err.contains("no media for 2000 ms"),
+        "{}",
+        w.report()
+    );
+}
+
 /// `yyyymmddHHMMSS` (UTC) of Unix ms, as `absofftime` spells it.
 fn civil(unix_ms: u64) -> String {
     vodfleet_proto::civil::iso8601_utc(unix_ms)
@@ -93,14 +168,16 @@ fn absofftime_resolves_against_the_wall_clock_of_the_pull() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    // A window starting at the next whole second + 2 s and lasting 4 s: the
-    // pull starts within it and records from PLAY on.
+    // A 4 s window 2–3 s from now, in the pull's wall clock (which starts at
+    // PLAY). Its ends fall between the pull's keyframes (one a second from
+    // its start) unless by chance on one: copy mode plays from the keyframe
+    // before the start to the one at or after the end, 5 s (4 s on a keyframe).
     let from = now / 1000 * 1000 + 3_000;
     let window = format!("{}-{}", civil(from), civil(from + 4_000));
     assert_plays(
         json!([{"url": server.url(None), "absofftime": window}]),
-        4.0,
-        1.1,
+        4.5,
+        0.6,
         &[],
     );
 }

@@ -9,9 +9,11 @@
 //!   `onMetaData` `creationdate` is the wall clock at `PLAY`, so `absofftime`
 //!   resolves against it like any recording's start.
 //! - How long: until the last range end of every item naming this URL plus
-//!   [`MARGIN_MS`], or until the server ends the stream (TCP close, or an RTCP
-//!   BYE on every stream); an item without an end pulls until the stream ends,
-//!   at most [`MAX_PULL_SECS`] of media or [`MAX_PULL_BYTES`] of file.
+//!   [`MARGIN_MS`] and the keyframe at or after it (where copy mode ends a
+//!   cut; at most [`MAX_KEYFRAME_WAIT_MS`] past the end), or until the server
+//!   ends the stream (TCP close, or an RTCP BYE on every stream); an item
+//!   without an end pulls until the stream ends, at most [`MAX_PULL_SECS`] of
+//!   media or [`MAX_PULL_BYTES`] of file.
 //! - Failures: the source timeout bounds `DESCRIBE`, `SETUP`, `PLAY` and every
 //!   wait for media; the source attempts cover connecting and each resume
 //!   after a stall or a drop (a resumed pull appends after what it has).
@@ -39,6 +41,10 @@ use vodfleet_rtmp::flv;
 
 /// Media pulled past the last range end, so the cut finds its end frame.
 pub const MARGIN_MS: u64 = 1_000;
+/// How far past the end a pull waits for the keyframe at or after it, where
+/// a copy-mode cut ends (docs/design/timeline.md); a longer GOP ends the
+/// item at the end of the pulled media instead.
+pub const MAX_KEYFRAME_WAIT_MS: u64 = 10_000;
 /// The most media one pull records (6 h); an item without an end on a
 /// stream that goes on longer fails, naming this cap.
 pub const MAX_PULL_SECS: u64 = 6 * 3600;
@@ -327,6 +333,7 @@ impl Pull<'_> {
         let out = match out {
             Some(o) => {
                 o.resume();
+                tracing::info!(task.id = %self.src.task_id, url = %redact::source(self.shown), attempt, after_ms = o.base_ms, "RTSP pull resumed: appending");
                 o
             }
             None => out.insert(
@@ -340,11 +347,7 @@ impl Pull<'_> {
                 .map_err(|e| self.cache_err(attempt, e))?,
             ),
         };
-        let until = self
-            .src
-            .rtsp
-            .until(self.shown, out.started_unix_ms)
-            .map(|ms| ms + MARGIN_MS);
+        let until = self.src.rtsp.until(self.shown, out.started_unix_ms);
         tracing::info!(task.id = %self.src.task_id, url = %redact::source(self.shown), attempt, until_ms = until, "RTSP pull playing");
         let mut byes = [video.is_none(), audio.is_none()];
         let mut last_media = Instant::now();
@@ -411,7 +414,7 @@ impl Pull<'_> {
                     ),
                 ));
             }
-            if until.is_some_and(|u| out.max_ms >= u) {
+            if until.is_some_and(|end| out.reached(end)) {
                 break Stop::Limit;
             }
         };
@@ -446,6 +449,7 @@ struct FlvOut {
     base_ms: u64,
     max_ms: u64,
     last_video: Option<u64>,
+    last_key: Option<u64>,
     last_audio: Option<u64>,
     avcc: Option<Vec<u8>>,
     asc: Option<Vec<u8>>,
@@ -474,12 +478,20 @@ impl FlvOut {
             base_ms: 0,
             max_ms: 0,
             last_video: None,
+            last_key: None,
             last_audio: None,
             avcc: None,
             asc: None,
             keyed: !video,
             has_video: video,
         })
+    }
+
+    /// Whether the media covers `end`: [`MARGIN_MS`] past it, and (with
+    /// video) a keyframe at or after it, or [`MAX_KEYFRAME_WAIT_MS`] past it.
+    fn reached(&self, end: u64) -> bool {
+        let keyed = !self.has_video || self.last_key.is_some_and(|k| k >= end);
+        (keyed && self.max_ms >= end + MARGIN_MS) || self.max_ms >= end + MAX_KEYFRAME_WAIT_MS
     }
 
     fn has_media(&self) -> bool {
@@ -535,6 +547,9 @@ impl FlvOut {
         let body = flv::avc_frame(f.data(), f.is_random_access_point(), 0);
         self.put(9, ms, &body).await?;
         self.last_video = Some(ms);
+        if f.is_random_access_point() {
+            self.last_key = Some(ms);
+        }
         Ok(true)
     }
 
