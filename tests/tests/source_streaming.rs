@@ -264,11 +264,17 @@ fn a_connection_dropped_mid_file_resumes_with_range_and_plays_on_without_a_gap()
         task("stream-drop", &server.url("/media/a.mp4"), &rtmp.url(&key)),
         &[("VODFLEET_RETRY_BACKOFF_MS", "200")],
     );
-    let on_air = first_packet_at(&rtmp, &key, Duration::from_secs(30));
-    assert!(on_air.is_some(), "nothing reached nginx\n{}", w.report());
+    let on_air = first_packet_at(&rtmp, &key, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("nothing reached nginx\n{}", w.report()));
     let rec = assert_played_whole(&mut w, &rtmp, &key, media.video_secs());
     let reqs = server.requests();
     assert_eq!(reqs.len(), 2, "one cut transfer, one resumed: {reqs:#?}");
+    assert!(
+        on_air < reqs[1].at,
+        "the connection dropped while the item was on air: on air {} ms, resumed request {} ms after the first request",
+        on_air.saturating_duration_since(reqs[0].at).as_millis(),
+        reqs[1].at.saturating_duration_since(reqs[0].at).as_millis()
+    );
     let sent = reqs[0].body_sent;
     assert!(0 < sent && sent < server.body_len(), "{reqs:#?}");
     assert_eq!(
