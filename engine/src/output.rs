@@ -50,6 +50,9 @@ pub struct Output {
     pub slate: SlateCache,
     /// Copy mode: how the current segment goes on after a slate covered a late read.
     pub resync: Resync,
+    /// Copy mode: how far the last video keyframe's DTS ran before its PTS
+    /// (the B-frame delay a slate hands back to; µs).
+    pub key_delay: i64,
     /// Copy mode: the next video keyframe carries the SPS/PPS on air in-band
     /// (the first one after a slate; `slate::with_parameter_sets`).
     pub inband_key: bool,
@@ -109,6 +112,7 @@ impl Output {
             slate: SlateCache::Unbuilt,
             resync: Resync::No,
             inband_key: false,
+            key_delay: 0,
             saved_headers: None,
         })
     }

@@ -66,16 +66,22 @@ impl Timeline {
         self.begin(0, 0);
     }
 
+    /// Output time `track` reached in the current segment; `None` when
+    /// nothing of it was placed since the segment began.
+    pub fn reach_out(&self, track: Track) -> Option<i64> {
+        self.end[track as usize].map(|e| self.offset + e - self.src_start)
+    }
+
     /// How far the video's decode order runs behind its presentation at the
     /// end of what is on air (the B-frame delay of the item playing), for a
     /// next video frame of `frame_us`: a slate's pictures are given that much
-    /// less DTS, so decode times go on without a hole and the item after the
-    /// slate, with the same delay, continues them as at any seam.
+    /// less DTS, so decode times go on without a hole.
     pub fn video_delay(&self, frame_us: i64) -> i64 {
-        match self.last_dts[Track::Video as usize] {
-            None => 0,
-            Some(last) => (self.reached() - last - frame_us).clamp(0, MAX_SLATE_DELAY_US),
-        }
+        let Some(last) = self.last_dts[Track::Video as usize] else {
+            return 0;
+        };
+        let reach = self.reach_out(Track::Video).unwrap_or(self.reached());
+        (reach - last - frame_us).clamp(0, MAX_SLATE_DELAY_US)
     }
 
     /// Extends the current segment to `src_end` on `track` without placing a

@@ -400,15 +400,15 @@ fn serve_stalling(
 }
 
 #[test]
-#[ignore = "needs streaming sources (issue 8 item 1): today an HTTP item plays only once downloaded whole"]
 fn a_source_that_stalls_mid_item_is_covered_then_the_item_goes_on() {
     let first = Media::mp4(2.0, "640x360", 25, 25, Pattern::TestSrc2);
     let second = Media::mp4(12.0, "640x360", 25, 25, Pattern::SmpteBars);
-    // The body stops at half the file for 15 s: the read times out after the
-    // source timeout (10 s), the download resumes with a Range request.
+    // The body stops a quarter into the file (about 3 s of media: playback
+    // reaches it ~4 s after the stall began) for 15 s: the read times out after
+    // the source timeout (10 s), the download resumes with a Range request.
     let server = StallingServer::start(
         &second.path,
-        second.len() as usize / 2,
+        second.len() as usize / 4,
         Duration::from_secs(15),
     );
     let rtmp = RtmpServer::start();
@@ -437,7 +437,7 @@ fn a_source_that_stalls_mid_item_is_covered_then_the_item_goes_on() {
     let ended = event(&w, "slate_ended");
     let (from, to) = (secs(&started, "timeline_ms"), secs(&ended, "timeline_ms"));
     assert!(from > 3.0, "item 2 played before the stall: {started}");
-    assert!(to - from > 5.0, "the slate covered the stall: {ended}");
+    assert!(to - from > 4.0, "the slate covered the stall: {ended}");
     let rec = judge(&rtmp, &key, (from, to));
     let video = rec.video_secs();
     // Copy mode goes on at the item's next keyframe: at most a GOP (1 s) skipped.

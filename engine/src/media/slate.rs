@@ -135,22 +135,34 @@ pub struct Run<'a> {
     slate: &'a Slate,
     next_video: i64,
     next_audio: i64,
+    /// Where each track starts (µs, at or before 0).
+    video_from: i64,
+    audio_from: i64,
 }
 
 impl<'a> Run<'a> {
     pub fn new(slate: &'a Slate) -> Run<'a> {
+        Run::starting(slate, 0, 0)
+    }
+
+    /// A run whose video and audio start at these times (at or before 0): a
+    /// read that stopped mid-file leaves one track behind the other, and the
+    /// slate fills each from where it stopped.
+    pub fn starting(slate: &'a Slate, video_from: i64, audio_from: i64) -> Run<'a> {
         Run {
             slate,
             next_video: 0,
             next_audio: 0,
+            video_from,
+            audio_from,
         }
     }
 
     /// The next packet (the earlier of the next picture and the next audio frame).
     pub fn next_packet(&mut self) -> Option<Packet> {
         let s = self.slate;
-        let v = (!s.video.is_empty()).then(|| s.video_at(self.next_video));
-        let a = (!s.audio.is_empty()).then(|| s.audio_at(self.next_audio));
+        let v = (!s.video.is_empty()).then(|| self.video_from + s.video_at(self.next_video));
+        let a = (!s.audio.is_empty()).then(|| self.audio_from + s.audio_at(self.next_audio));
         let video_first = match (v, a) {
             (None, None) => return None,
             (Some(v), Some(a)) => v <= a,
@@ -164,7 +176,7 @@ impl<'a> Run<'a> {
                 track: Track::Video,
                 packet: s.video[i].clone(),
                 key: i == 0,
-                pts_us: s.video_at(n),
+                pts_us: self.video_from + s.video_at(n),
                 dur_us: s.video_at(n + 1) - s.video_at(n),
             })
         } else {
@@ -174,7 +186,7 @@ impl<'a> Run<'a> {
                 track: Track::Audio,
                 packet: s.audio[n as usize % s.audio.len()].clone(),
                 key: true,
-                pts_us: s.audio_at(n),
+                pts_us: self.audio_from + s.audio_at(n),
                 dur_us: s.audio_at(n + 1) - s.audio_at(n),
             })
         }

@@ -252,10 +252,24 @@ impl Task {
             })
         };
         let from = o.timeline.reached();
-        let mut run = slate.map(slate::Run::new);
+        // Each track's slate starts where that track stopped (a read cut
+        // mid-file leaves audio and video a few hundred ms apart).
+        let lead = |t: Track| {
+            o.timeline
+                .reach_out(t)
+                .map_or(0, |r| (r - from).clamp(-500_000, 0))
+        };
+        let (video_from, audio_from) = (lead(Track::Video), lead(Track::Audio));
+        let mut run = slate.map(|s| slate::Run::starting(s, video_from, audio_from));
         // Copy mode: the slate's decode times run behind its pictures as the
-        // item's did (its B-frame delay), so DTS goes on without a hole.
-        let delay = slate.map_or(0, |s| o.timeline.video_delay(s.frame_us()));
+        // item's did where it stopped, so DTS goes on without a hole; then that
+        // delay moves (by half a frame per picture, DTS still growing) to the
+        // one the item's keyframes have, which is what the item or the next
+        // one starts with after the slate (a stall just after a P-frame decoded
+        // ahead of its B-frames would otherwise leave a hole of those frames).
+        let frame_us = slate.map_or(0, |s| s.frame_us());
+        let mut delay = o.timeline.video_delay(frame_us);
+        let target = o.key_delay.clamp(0, 500_000);
         if let Some(s) = slate {
             o.slate_headers(s).map_err(&fail)?;
         }
@@ -272,7 +286,11 @@ impl Task {
                     (Some(run), _) => {
                         let p = run.next_packet().ok_or_else(|| fail("empty".into()))?;
                         let dts = match p.track {
-                            Track::Video => p.pts_us - delay,
+                            Track::Video => {
+                                let step = frame_us / 2;
+                                delay += (target - delay).clamp(-step, step);
+                                p.pts_us - delay
+                            }
                             Track::Audio => p.pts_us,
                         };
                         let (pts_us, dts_us) = o.timeline.place(p.track, p.pts_us, dts, p.dur_us);

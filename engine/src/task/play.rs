@@ -529,6 +529,9 @@ impl Task {
         }
         let (opts, odts) = o.timeline.place(p.track, p.pts, p.dts, p.dur);
         o.last_dts[p.track as usize] = o.last_dts[p.track as usize].max(odts);
+        if p.track == Track::Video && p.key {
+            o.key_delay = p.pts - p.dts;
+        }
         let mut packet = p.data;
         if p.track == Track::Video && p.key && std::mem::take(&mut o.inband_key) {
             // The first keyframe after a slate names its SPS/PPS again (media/slate.rs).
