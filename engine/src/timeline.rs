@@ -41,6 +41,8 @@ impl Timeline {
     pub fn starting_at(base_us: i64) -> Timeline {
         Timeline {
             base: base_us.max(0),
+            // What `reached` says before the first segment (a slate may come first).
+            offset: base_us.max(0),
             ..Timeline::default()
         }
     }
@@ -232,6 +234,7 @@ mod tests {
     #[test]
     fn a_resumed_timeline_goes_on_from_its_base() {
         let mut tl = Timeline::starting_at(90_000_000);
+        assert_eq!(tl.reached(), 90_000_000, "nothing placed yet: the base");
         // Resumed 30 s into an item with B-frames: first DTS two frames before the keyframe.
         tl.begin(30_000_000, 30_000_000 - 2 * F);
         let (pts, dts) = tl.place(Track::Video, 30_000_000, 30_000_000 - 2 * F, F);

@@ -131,20 +131,33 @@ fn slate_seconds(port: u16) -> f64 {
 
 #[test]
 fn a_download_that_stalls_between_items_is_covered_by_the_slate() {
+    covered_download("dark-between", None);
+}
+
+/// The same with `fops`: the slate is drawn by the task's own encoders.
+#[test]
+fn a_transcoding_task_covers_a_stalled_download_with_its_own_encoder() {
+    covered_download("dark-transcode", Some(json!({"preset": "360p"})));
+}
+
+fn covered_download(name: &str, fops: Option<Value>) {
     let first = Media::mp4(3.0, "640x360", 25, 25, Pattern::TestSrc2);
     let second = Media::mp4(4.0, "640x360", 25, 25, Pattern::SmpteBars);
     // The first request for item 2 (fetched while item 1 plays) hangs until its
     // 12 s timeout; the second is answered: a wait of ~10 s after item 1 ends.
     let server = HttpServer::start(&second.path, vec![Behavior::Stall, Behavior::Ok]);
     let rtmp = RtmpServer::start();
-    let key = unique("dark-between");
+    let key = unique(name);
     let metrics = free_port();
-    let task = json!({
-        "id": unique("dark-between"),
+    let mut task = json!({
+        "id": unique(name),
         "src": [{"url": first.vod_url()}, {"url": server.url("/media/b.mp4")}],
         "forward": [{"url": rtmp.url(&key)}],
         "extendParam": {"loop": "1"}
     });
+    if let Some(fops) = fops {
+        task["fops"] = fops;
+    }
     let addr = format!("127.0.0.1:{metrics}");
     let mut w = Worker::play(
         task,
