@@ -47,8 +47,12 @@ impl Shards {
             let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                // File opens only: a small pool, whose idle threads exit.
-                .max_blocking_threads(2)
+                // File opens and demux reads (media::demux). A read of a
+                // streamed source waits while its download catches up
+                // (source::cache), holding its thread: enough threads that a
+                // few slow sources do not queue every other stream's reads
+                // behind them. Threads start on demand and exit when idle.
+                .max_blocking_threads(32)
                 .thread_name(format!("engine-{i}-io"))
                 .build()?;
             std::thread::Builder::new()

@@ -27,6 +27,9 @@ pub enum Behavior {
     /// then closes the connection. [`Request::body_sent`] says how much of the
     /// body went out.
     DropMidBody,
+    /// Like [`Behavior::DropMidBody`], but the connection then stays open
+    /// without another byte until the server is dropped (a stalled origin).
+    StallMidBody,
     /// `302 Found` with this `Location` (sent verbatim: an absolute URL, or a
     /// path the client resolves against the request's URL) and an empty body.
     Redirect(String),
@@ -329,7 +332,7 @@ fn serve(s: &Shared, mut conn: TcpStream) {
                 reason(302)
             );
         }
-        Behavior::Ok | Behavior::DropMidBody => {
+        Behavior::Ok | Behavior::DropMidBody | Behavior::StallMidBody => {
             let len = s.body.len();
             let (status, first, last) = match range.as_deref().and_then(|r| parse_range(r, len)) {
                 None => (200, 0, len.saturating_sub(1)),
@@ -359,14 +362,18 @@ fn serve(s: &Shared, mut conn: TcpStream) {
             }
             h.push_str("\r\n");
             if conn.write_all(h.as_bytes()).is_ok() && !head_only {
-                let send = if behavior == Behavior::DropMidBody {
-                    &part[..part.len() / 2]
-                } else {
+                let send = if behavior == Behavior::Ok {
                     part
+                } else {
+                    &part[..part.len() / 2]
                 };
                 let sent = write_counted(s, &mut conn, send);
                 let _ = conn.flush();
                 lock(&s.requests)[n].body_sent = sent;
+                if behavior == Behavior::StallMidBody {
+                    // The clone in `conns` keeps the socket open until the server drops.
+                    return;
+                }
             }
         }
     }

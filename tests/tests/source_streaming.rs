@@ -290,3 +290,89 @@ fn a_connection_dropped_mid_file_resumes_with_range_and_plays_on_without_a_gap()
         rec.summary()
     );
 }
+
+/// The media timestamp (ms) nginx last saw from the publisher of `key`, per `/stat`.
+fn publisher_ts_ms(stat: &str, key: &str) -> Option<u64> {
+    let at = stat.find(&format!("<name>{key}</name>"))?;
+    let rest = &stat[at..];
+    let stream = &rest[..rest.find("</stream>").unwrap_or(rest.len())];
+    let p = stream.find("<publishing/>")?;
+    let client = &stream[stream[..p].rfind("<client>")?..];
+    let client = &client[..client.find("</client>")?];
+    let t = client.find("<timestamp>")? + "<timestamp>".len();
+    client[t..].split('<').next()?.trim().parse().ok()
+}
+
+#[test]
+fn stalled_sources_do_not_hold_back_the_other_streams_of_their_shard() {
+    // One shard for every task. Two streamed sources stall halfway for the
+    // source timeout (10 s) just before playback reaches the stall, so their
+    // demuxers wait for bytes on the shard's blocking pool for seconds; a
+    // local file on the same shard must still go out in real time.
+    let slow = Media::mp4(40.0, "640x360", 25, 50, Pattern::TestSrc2);
+    let server = HttpServer::throttled(
+        &slow.path,
+        vec![Behavior::StallMidBody, Behavior::StallMidBody],
+        rate(&slow, 1.25),
+    );
+    let local = Media::mp4(40.0, "640x360", 25, 50, Pattern::SmpteBars);
+    let rtmp = RtmpServer::start();
+    let mut tasks: Vec<Value> = (0..2)
+        .map(|i| {
+            let key = unique(&format!("stalled{i}"));
+            task(
+                "stalled",
+                &server.url(&format!("/stalled{i}.mp4")),
+                &rtmp.url(&key),
+            )
+        })
+        .collect();
+    let key = unique("healthy");
+    tasks.push(task("healthy", &local.vod_url(), &rtmp.url(&key)));
+    let w = Worker::play_many(&tasks, &[("VODFLEET_ENGINE_THREADS", "1")]);
+    let first = poll(Duration::from_secs(30), || {
+        publisher_ts_ms(&rtmp.stat(), &key).filter(|&ts| ts > 0)
+    })
+    .unwrap_or_else(|| panic!("the local file never went on air\n{}", w.report()));
+    let (t0, ts0) = (Instant::now(), first);
+    let mut worst = 0.0f64;
+    // Past the stalls (the sources are halfway at about 16 s, resumed at about 26 s).
+    while t0.elapsed() < Duration::from_secs(32) {
+        std::thread::sleep(Duration::from_millis(250));
+        if let Some(ts) = publisher_ts_ms(&rtmp.stat(), &key) {
+            let lag = t0.elapsed().as_secs_f64() - (ts.saturating_sub(ts0)) as f64 / 1000.0;
+            worst = worst.max(lag);
+        }
+    }
+    let resumed = server
+        .requests()
+        .iter()
+        .filter(|r| r.range.is_some())
+        .count();
+    eprintln!("the local file's stream fell at most {worst:.3} s behind real time; {resumed} resumed requests");
+    assert_eq!(
+        resumed,
+        2,
+        "both stalled downloads were resumed: {:#?}",
+        server.requests()
+    );
+    // A late read of the local file would be covered by a slate (task::cover).
+    let covered: Vec<Value> = w
+        .events_named("slate_started")
+        .into_iter()
+        .filter(|e| {
+            e["task_id"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("healthy"))
+        })
+        .collect();
+    assert!(
+        covered.is_empty(),
+        "the local file's reads waited behind the stalled sources' (a slate covered them): {covered:?}"
+    );
+    assert!(
+        worst < 1.0,
+        "the local file's stream fell {worst:.3} s behind real time behind two stalled sources on its shard\n{}",
+        w.report()
+    );
+}
