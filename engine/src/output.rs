@@ -4,7 +4,7 @@
 use crate::destination::{Destination, Setup};
 use crate::frame::{self, Frame, Header, Headers, Tracks};
 use crate::media::slate::{Shape, Slate};
-use crate::media::transcode::Transcoder;
+use crate::media::transcode::{conform, Transcoder};
 use crate::media::{CodecId, OutPacket, SharedParams, StreamSetup};
 use crate::pacer::{Pacer, SystemClock};
 use crate::timeline::{Timeline, Track};
@@ -24,6 +24,10 @@ pub struct Copied {
     /// The item's audio is another codec than the stream's AAC: it is
     /// transcoded to AAC for this item (docs/design/timeline.md, "Seams").
     pub conform_audio: bool,
+    /// The item's video is another codec than the stream's H.264 (HEVC,
+    /// MPEG-4 Part 2, VP9): it is decoded and encoded to H.264 at the
+    /// stream's size and frame rate for this item.
+    pub conform_video: bool,
 }
 
 pub struct Output {
@@ -41,8 +45,8 @@ pub struct Output {
     pub last_dts: [i64; 2],
     /// The segment playing now (item, loop, its source origin), for positions in transcode mode.
     pub playing: (usize, u32, i64),
-    /// Copy mode: the audio-only transcoder conforming the current item's
-    /// audio to the stream's codec, if it needs one.
+    /// Copy mode: the transcoder conforming the current item's video and/or
+    /// audio to the stream's codecs, if it needs one ([`Self::conform_item`]).
     pub conform: Option<Box<Transcoder>>,
     /// The stream's frame rate, if known (the slate's pictures follow it).
     pub fps: Option<f64>,
@@ -175,29 +179,26 @@ impl Output {
 
     /// Checks that an item can be copied into this output, and notes a new
     /// codec configuration when it differs from the previous item's. An item
+    /// whose video codec differs from an H.264 stream's (HEVC after H.264) or
     /// whose audio codec differs from an AAC stream's (MP3 after AAC) is
-    /// conformed: its audio is transcoded to AAC for this item alone
-    /// (`conform_audio`); any other codec change fails the item.
+    /// conformed: that track is transcoded for this item alone
+    /// (`conform_video`, `conform_audio`); any other codec change fails the item.
     pub fn copy_streams(
         &mut self,
         input: &ff::format::context::Input,
         video: Option<usize>,
         audio: Option<usize>,
     ) -> Result<Copied, String> {
-        let v = self.keep(input, video, Track::Video)?;
+        let stream_is = |p: Option<&SharedParams>, codec| p.is_some_and(|p| p.codec_id() == codec);
+        let (v, conform_video) = match self.keep(input, video, Track::Video) {
+            Ok(v) => (v, false),
+            Err(_) if stream_is(self.setup.video.as_ref(), CodecId::H264) => (video, true),
+            Err(e) => return Err(e),
+        };
         let (a, conform_audio) = match self.keep(input, audio, Track::Audio) {
             Ok(a) => (a, false),
-            Err(e) => {
-                let stream_aac = self
-                    .setup
-                    .audio
-                    .as_ref()
-                    .is_some_and(|p| p.codec_id() == CodecId::AAC);
-                if !stream_aac {
-                    return Err(e);
-                }
-                (audio, true)
-            }
+            Err(_) if stream_is(self.setup.audio.as_ref(), CodecId::AAC) => (audio, true),
+            Err(e) => return Err(e),
         };
         if v.is_none() && a.is_none() {
             return Err("no stream this task's output can carry".into());
@@ -206,7 +207,54 @@ impl Output {
             video: v,
             audio: a,
             conform_audio,
+            conform_video,
         })
+    }
+
+    /// Copy mode: starts conforming the tracks of `c` that need it (an
+    /// encoder for this item alone, its clocks at the end of what is on air)
+    /// and puts its codec configuration on air as sequence headers. The
+    /// video is encoded at the first item's size and the stream's frame rate,
+    /// its decode times as far behind its pictures as the copied items' were
+    /// (docs/design/timeline.md, "Seams").
+    pub fn conform_item(
+        &mut self,
+        input: &ff::format::context::Input,
+        c: &Copied,
+    ) -> Result<(), String> {
+        self.conform = None;
+        let video = c.video.filter(|_| c.conform_video);
+        let audio = c.audio.filter(|_| c.conform_audio);
+        if video.is_none() && audio.is_none() {
+            return Ok(());
+        }
+        let target = conform::Target {
+            size: self.setup.video.as_ref().map_or((0, 0), |v| v.size()),
+            fps: self.fps,
+            dts_delay: self.key_delay,
+        };
+        let t = Transcoder::conform(input, video, audio, &target, self.timeline.reached())?;
+        let setup = t.setup();
+        for (track, p) in [(Track::Video, &setup.video), (Track::Audio, &setup.audio)] {
+            if let Some(p) = p {
+                self.note_config(track, p)?;
+            }
+        }
+        self.conform = Some(Box::new(t));
+        Ok(())
+    }
+
+    /// Copy mode, at the end of an item: its conforming encoder's last
+    /// packets. After conformed video, the next copied keyframe names its
+    /// SPS/PPS in-band too (`slate::with_parameter_sets`).
+    pub fn end_conform(&mut self) -> Vec<OutPacket> {
+        let Some(mut t) = self.conform.take() else {
+            return Vec::new();
+        };
+        if t.encodes(Track::Video) {
+            self.inband_key = true;
+        }
+        t.flush()
     }
 
     fn keep(

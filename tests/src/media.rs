@@ -53,8 +53,8 @@ impl Container {
     }
 }
 
-/// How to make a file: H.264 (libx264, yuv420p, fixed GOP, no scene-cut keyframes)
-/// plus stereo AAC 44.1 kHz from a sine tone.
+/// How to make a file: H.264 (libx264, yuv420p, fixed GOP, no scene-cut keyframes;
+/// or HEVC with [`MediaSpec::hevc`]) plus stereo AAC 44.1 kHz from a sine tone.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MediaSpec {
     pub container: Container,
@@ -77,6 +77,8 @@ pub struct MediaSpec {
     pub mp3: bool,
     /// Audio sample rate (Hz) and channel count.
     pub audio: (u32, u32),
+    /// HEVC video (libx265) instead of H.264; mp4 only (FLV cannot carry it).
+    pub hevc: bool,
 }
 
 impl MediaSpec {
@@ -100,6 +102,7 @@ impl MediaSpec {
             tags: Vec::new(),
             mp3: false,
             audio: (44_100, 2),
+            hevc: false,
         }
     }
 
@@ -126,6 +129,14 @@ impl MediaSpec {
     /// MP3 audio instead of AAC (an unlike seam in a copy-mode playlist).
     pub fn mp3(mut self) -> Self {
         self.mp3 = true;
+        self
+    }
+
+    /// HEVC video (libx265, tagged `hvc1`) instead of H.264: an unlike seam
+    /// in a copy-mode playlist. Needs an mp4.
+    pub fn hevc(mut self) -> Self {
+        assert_eq!(self.container, Container::Mp4, "FLV cannot carry HEVC");
+        self.hevc = true;
         self
     }
 
@@ -176,15 +187,26 @@ impl MediaSpec {
         if self.noise {
             a.extend(["-vf".into(), "noise=alls=24:allf=t+u".into()]);
         }
-        a.extend(
-            [
-                "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-g",
-            ]
-            .map(String::from),
-        );
-        a.push(self.gop.to_string());
-        a.extend(["-keyint_min".into(), self.gop.to_string()]);
-        a.extend(["-sc_threshold".into(), "0".into()]);
+        if self.hevc {
+            a.extend(["-c:v", "libx265", "-tag:v", "hvc1"].map(String::from));
+            a.extend(["-preset", "veryfast", "-pix_fmt", "yuv420p"].map(String::from));
+            // The same fixed GOP through x265's own options; its banner silenced.
+            let g = self.gop;
+            a.extend([
+                "-x265-params".into(),
+                format!("keyint={g}:min-keyint={g}:scenecut=0:log-level=error"),
+            ]);
+        } else {
+            a.extend(
+                [
+                    "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-g",
+                ]
+                .map(String::from),
+            );
+            a.push(self.gop.to_string());
+            a.extend(["-keyint_min".into(), self.gop.to_string()]);
+            a.extend(["-sc_threshold".into(), "0".into()]);
+        }
         if let Some(bf) = self.bframes {
             a.extend(["-bf".into(), bf.to_string()]);
         }

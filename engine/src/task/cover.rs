@@ -126,8 +126,8 @@ impl Task {
                 o.restore_headers();
                 o.inband_key = slate.is_some();
                 if let Some(t) = &mut o.conform {
-                    // The slate's silence is on air: the conformed audio goes on after it.
-                    t.skip_audio_to(o.timeline.reached());
+                    // The slate is on air: a conformed item goes on after it.
+                    t.resume_at(o.timeline.reached());
                 }
                 if wait == Wait::Read {
                     o.resync = Resync::AwaitKey;

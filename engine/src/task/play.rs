@@ -136,11 +136,11 @@ impl Task {
                 let c = o
                     .copy_streams(&input, video, audio)
                     .map_err(|c| media_err(0, MediaError::new(Fault::Unsupported, c)))?;
-                o.conform = None;
-                if c.conform_audio {
-                    self.conform_audio(o, &input, c.audio)
-                        .map_err(|c| media_err(0, MediaError::new(Fault::Codec, c)))?;
-                }
+                o.conform_item(&input, &c).map_err(|e| {
+                    let cause = format!("cannot conform the item to the stream's codecs: {e}");
+                    media_err(0, MediaError::new(Fault::Codec, cause))
+                })?;
+                self.log_conform(&input, &c, item);
                 (c.video, c.audio)
             }
             Mode::Transcode(t) => {
@@ -199,11 +199,9 @@ impl Task {
             }
             self.play_segment(&mut reader, o, &seg).await?;
         }
-        if let Some(mut t) = o.conform.take() {
-            // The conforming encoder holds the item's last audio frames.
-            let pkts = t.flush();
-            self.send_all(o, pkts).await?;
-        }
+        // The conforming encoders hold the item's last frames.
+        let pkts = o.end_conform();
+        self.send_all(o, pkts).await?;
         Ok(Played::Yes)
     }
 
@@ -227,30 +225,24 @@ impl Task {
         Ok(img)
     }
 
-    /// Copy mode, an item whose audio is not the stream's codec (MP3 after
-    /// AAC): its audio is transcoded to AAC while its video is copied, and the
-    /// new AAC configuration goes on air as a sequence header if it differs.
-    fn conform_audio(
-        &self,
-        o: &mut Output,
-        input: &ff::format::context::Input,
-        audio: Option<usize>,
-    ) -> Result<(), String> {
-        let aac = vodfleet_proto::command::Transcode::default();
-        // Its audio clock starts where the item will: the end of what is on air.
-        let mut t = Transcoder::new(input, None, audio, &aac, o.timeline.reached())?;
-        t.delay_audio(t.audio_priming_us());
-        t.open_item(input, None, audio)?;
-        if let Some(params) = t.setup().audio {
-            o.note_config(Track::Audio, &params)?;
+    /// Logs which path a copy-mode item took when a track of it is
+    /// conformed (docs/design/timeline.md, "Seams").
+    fn log_conform(&self, input: &ff::format::context::Input, c: &output::Copied, item: usize) {
+        let codec = |i: Option<usize>| {
+            i.and_then(|i| input.stream(i))
+                .map(|s| format!("{:?}", s.parameters().id()))
+                .unwrap_or_default()
+        };
+        if c.conform_video {
+            let audio = if c.conform_audio {
+                "transcoded to AAC"
+            } else {
+                "copied"
+            };
+            tracing::info!(task.id = %self.spec.id, item, codec = %codec(c.video), "the item's video is not the stream's H.264: conforming its video (decoded and encoded to H.264 at the stream's size and frame rate, audio {audio})");
+        } else if c.conform_audio {
+            tracing::info!(task.id = %self.spec.id, item, codec = %codec(c.audio), "the item's audio is not the stream's AAC: conforming it (audio transcoded to AAC, video copied)");
         }
-        let codec = audio
-            .and_then(|i| input.stream(i))
-            .map(|s| format!("{:?}", s.parameters().id()))
-            .unwrap_or_default();
-        tracing::info!(task.id = %self.spec.id, item = o.playing.0, %codec, "the item's audio is not the stream's AAC: conforming it (audio transcoded to AAC, video copied)");
-        o.conform = Some(Box::new(t));
-        Ok(())
     }
 
     fn open_output(
@@ -475,8 +467,9 @@ impl Task {
                 self.emit(o, p, seg).await?;
             }
             if let Some(t) = &mut o.conform {
+                let range = conform_range(&o.timeline, seg);
                 let pkts = t
-                    .end_segment(seg, &mut o.timeline)
+                    .end_segment(&range, &mut o.timeline)
                     .map_err(|c| self.seg_err(seg, seg.start, MediaError::new(Fault::Codec, c)))?;
                 self.send_all(o, pkts).await?;
             }
@@ -520,10 +513,12 @@ impl Task {
             Resync::From(key) if p.track == Track::Audio && p.pts < key => return Ok(()),
             Resync::From(_) => {}
         }
-        if let (Track::Audio, Some(t)) = (p.track, o.conform.as_mut()) {
-            // A conformed item's audio: decoded and encoded, placed by the encoder.
+        if let Some(t) = o.conform.as_mut().filter(|t| t.encodes(p.track)) {
+            // A conformed track: decoded and encoded, placed by the encoder;
+            // the gate already chose its packets (from the range's keyframe).
+            let range = conform_range(&o.timeline, seg);
             let pkts = t
-                .decode(Track::Audio, &p.data, seg, &mut o.timeline)
+                .decode(p.track, &p.data, &range, &mut o.timeline)
                 .map_err(|c| self.seg_err(seg, p.pts, MediaError::new(Fault::Codec, c)))?;
             return self.send_all(o, pkts).await;
         }
@@ -551,5 +546,16 @@ impl Task {
         self.send(o, out).await?;
         self.set_position(seg.item, seg.pass, p.pts - seg.origin, odts);
         Ok(())
+    }
+}
+
+/// What a conforming encoder keeps of a copy-mode segment: every frame from
+/// where the timeline began it (the range's first keyframe, which may lie
+/// before the cut) on; the gate already stopped the range at its end.
+fn conform_range(timeline: &crate::timeline::Timeline, seg: &Segment) -> Segment {
+    Segment {
+        start: timeline.source_time(timeline.offset()),
+        end: i64::MAX,
+        ..*seg
     }
 }

@@ -9,6 +9,7 @@
 //! timeline: silence fills gaps, samples that would run ahead are dropped.
 
 mod audio;
+pub mod conform;
 
 use super::{watermark, OutPacket, SharedParams, StreamSetup};
 use crate::plan::Segment;
@@ -44,6 +45,15 @@ struct VideoPath {
     next_tick: i64,
     /// The current item's watermark and where it goes ([`super::watermark`]).
     watermark: Option<(Arc<watermark::Image>, (u32, u32))>,
+    /// How far decode times run behind presentation (µs): 0 for a task's own
+    /// encoder; a conformed item's takes the copied items' B-frame delay
+    /// (docs/design/timeline.md, "Seams").
+    dts_delay: i64,
+    /// SPS/PPS put in front of every keyframe (a conformed item; see
+    /// `slate::with_parameter_sets`).
+    inband: Option<Vec<u8>>,
+    /// The next picture is encoded as a keyframe (after a slate).
+    force_key: bool,
 }
 
 type ScaleKey = (Pixel, u32, u32);
@@ -93,6 +103,9 @@ impl Transcoder {
                     held: None,
                     next_tick: 0,
                     watermark: None,
+                    dts_delay: 0,
+                    inband: None,
+                    force_key: false,
                 })
             }
         };
@@ -319,6 +332,7 @@ impl Transcoder {
                 ff::Rational(v.fps.1, v.fps.0),
                 &mut out,
             );
+            conform::stamp(&mut out, v.dts_delay, v.inband.as_deref());
         }
         if let Some(a) = &mut self.audio {
             let _ = a.enc.send_eof();
@@ -373,7 +387,7 @@ impl VideoPath {
             // SAFETY: reading a plain field of the frame we own.
             let dur =
                 unsafe { (*frame.as_ptr()).pkt_duration } * 1_000_000 * tb.0 as i64 / tb.1 as i64;
-            let (t, _) = tl.place(Track::Video, pts, pts, dur);
+            let (t, _) = tl.place(Track::Video, pts, pts - self.dts_delay, dur);
             let key: ScaleKey = (frame.format(), frame.width(), frame.height());
             if self.scaler.as_ref().is_none_or(|(k, _)| *k != key) {
                 let ctx = ff::software::scaling::Context::get(
@@ -419,15 +433,21 @@ impl VideoPath {
         };
         while tick_us(self.next_tick) < until {
             frame.set_pts(Some(self.next_tick));
-            frame.set_kind(ff::picture::Type::None);
+            frame.set_kind(if std::mem::take(&mut self.force_key) {
+                ff::picture::Type::I
+            } else {
+                ff::picture::Type::None
+            });
             self.enc.send_frame(frame).map_err(err("encoding video"))?;
             self.next_tick += 1;
+            let from = out.len();
             receive(
                 &mut self.enc,
                 Track::Video,
                 ff::Rational(self.fps.1, self.fps.0),
                 out,
             )?;
+            conform::stamp(&mut out[from..], self.dts_delay, self.inband.as_deref());
         }
         Ok(())
     }
