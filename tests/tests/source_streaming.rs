@@ -291,6 +291,56 @@ fn a_connection_dropped_mid_file_resumes_with_range_and_plays_on_without_a_gap()
     );
 }
 
+#[test]
+fn a_download_failing_mid_item_fails_the_item_with_the_sources_own_error() {
+    let media = Media::mp4(16.0, "640x360", 25, 50, Pattern::TestSrc2);
+    // Half the body, the connection closes, and the resumed request gets a 404.
+    let server = HttpServer::throttled(
+        &media.path,
+        vec![Behavior::DropMidBody, Behavior::Status(404)],
+        rate(&media, 2.5),
+    );
+    let rtmp = RtmpServer::start();
+    let key = unique("stream-fail");
+    let mut w = Worker::play(
+        task(
+            "stream-fail",
+            &server.url("/media/a.mp4?token=SECRET"),
+            &rtmp.url(&key),
+        ),
+        &[("VODFLEET_RETRY_BACKOFF_MS", "200")],
+    );
+    let status = w.wait_exit(Duration::from_secs(60));
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "the only item failed\n{}",
+        w.report()
+    );
+    let failed = w.events_named("item_failed");
+    assert_eq!(failed.len(), 1, "{}", w.report());
+    let error = failed[0]["error"].as_str().unwrap_or_default();
+    eprintln!("the item's error: {error}");
+    assert_eq!(
+        failed[0]["error_kind"], "refused",
+        "the source's fault: {error}"
+    );
+    for part in ["HTTP 404", "attempt 2 of 3", "reading byte", "/media/a.mp4"] {
+        assert!(
+            error.contains(part),
+            "{part:?} missing from the item's error: {error}"
+        );
+    }
+    w.assert_not_printed("SECRET");
+    // Half the item went on air before the read failed.
+    let rec = Recording::read(&rtmp.record_path(&key));
+    assert!(
+        rec.video_secs() > media.video_secs() / 4.0,
+        "the item played until the bytes ran out: {}",
+        rec.summary()
+    );
+}
+
 /// The media timestamp (ms) nginx last saw from the publisher of `key`, per `/stat`.
 fn publisher_ts_ms(stat: &str, key: &str) -> Option<u64> {
     let at = stat.find(&format!("<name>{key}</name>"))?;

@@ -17,7 +17,7 @@
 //! Nested opens (a playlist inside the stream naming other files) are refused
 //! by an `io_open` that opens nothing.
 
-use crate::error::{Fault, WorkerError};
+use crate::error::{Fault, MediaError, WorkerError};
 use crate::source::cache::Reader;
 use ff::ffi;
 use ffmpeg_next as ff;
@@ -104,17 +104,29 @@ pub fn open_stream(reader: Reader) -> Result<ff::format::context::Input, ff::Err
 }
 
 /// Why a streamed source could not be read, once a read failed: the
-/// download's error (task, redacted URL, attempt, byte), for the demuxer's
-/// caller to fail the item with its fault and words rather than an errno.
-/// `None` for a local file or a stream that has not failed.
-pub fn source_error(input: &ff::format::context::Input) -> Option<WorkerError> {
+/// download's fault and words (cause, attempt, the byte playback needed), for
+/// the item's error (which names the task, item, URL and offset) rather than
+/// an errno. `None` for a local file or a stream that has not failed.
+pub fn source_error(input: &ff::format::context::Input) -> Option<MediaError> {
     // SAFETY: `opaque` is null on every format context but ours (libavformat
     // and ffmpeg-next never set it), where it is our `Io`, alive as long as
     // `input`; no read runs while the caller holds `&input`.
-    unsafe {
+    let error = unsafe {
         let io = (*input.as_ptr()).opaque as *const Io;
         io.as_ref().and_then(|io| io.error.clone())
-    }
+    }?;
+    let cause = match &error {
+        WorkerError::Source {
+            cause,
+            attempt,
+            attempts,
+            ..
+        } if *attempt > 0 => format!("source: {cause} (attempt {attempt} of {attempts})"),
+        WorkerError::Source { cause, .. } => format!("source: {cause}"),
+        WorkerError::Policy { reason, .. } => format!("source refused by policy: {reason}"),
+        other => format!("source: {other}"),
+    };
+    Some(MediaError::new(error.fault(), cause))
 }
 
 /// Frees our I/O context, its current buffer (libavformat may have replaced
@@ -167,12 +179,11 @@ unsafe extern "C" fn refuse_open(
     ffi::AVERROR(ffi::EACCES)
 }
 
-/// The errno a source failure reads as in libavformat's error chain.
+/// The errno a source failure reads as in libavformat's error chain (its
+/// words are [`source_error`]'s).
 fn errno_of(fault: Fault) -> c_int {
     match fault {
         Fault::TimedOut => ffi::ETIMEDOUT,
-        Fault::Refused => ffi::EACCES,
-        Fault::Unreachable => ffi::EHOSTUNREACH,
         Fault::StreamEnded => ffi::ECONNRESET,
         Fault::Local => ffi::ECANCELED,
         _ => ffi::EIO,

@@ -182,7 +182,12 @@ impl ReadAhead {
                     return Ok(None);
                 }
                 Some(End::Failed(cause)) => {
-                    return Err(MediaError::new(Fault::StreamEnded, cause));
+                    // A streamed source that failed: its own fault and words (media::avio).
+                    let source = self
+                        .input
+                        .as_ref()
+                        .and_then(crate::media::avio::source_error);
+                    return Err(source.unwrap_or(MediaError::new(Fault::StreamEnded, cause)));
                 }
                 None => {}
             }

@@ -142,6 +142,9 @@ impl Cache {
         let dir = cfg
             .cache_dir
             .join(format!("streams-{}", std::process::id()));
+        // A restarted container may run under the same PID on the same volume:
+        // what a directory of ours holds at start is a previous process's.
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         Ok(Arc::new(Cache {
             dir,
