@@ -25,9 +25,10 @@ use vodfleet_proto::fleet::WorkerMessage;
 pub const AT_ONCE: usize = 64;
 
 /// The events consumer's prefetch: how many deliveries a replica holds at
-/// once. It also bounds what waits in an [`Inbox`] (a few per worker for a few
-/// hundred workers), and only what waits here can be superseded.
-pub const PREFETCH: u16 = 512;
+/// once, as before the inbox. It bounds what waits in an [`Inbox`] (only what
+/// waits here can be superseded) and so the memory of a burst: about 14 KB a
+/// heartbeat of 100 tasks, raw or parsed.
+pub const PREFETCH: u16 = 256;
 
 /// Whether an item makes an older one of the same key pointless to handle.
 pub trait Supersede {

@@ -16,6 +16,7 @@ use crate::callback::{payload, Callback};
 use crate::ctx::{now_ms, Ctx};
 use crate::store::{StoreError, TaskRecord};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use vodfleet_bus::lapin::message::Delivery;
 use vodfleet_bus::lapin::options::{BasicAckOptions, BasicNackOptions};
@@ -25,6 +26,9 @@ use vodfleet_proto::fleet::{
     ToWorker, WorkOrder, COMMANDS_DEAD_QUEUE, COMMAND_DELIVERY_LIMIT, REASON_HEADER,
 };
 use vodfleet_proto::{parse_command, Cmd, Command, FieldError, TaskSpec};
+
+/// Starts of one command applied at once (scripts and work-order confirms in flight).
+const STARTS_IN_FLIGHT: usize = 16;
 
 pub enum ApplyError {
     Reject(FieldError),
@@ -187,8 +191,19 @@ async fn apply(ctx: &Ctx, cmd: &Command, mark: &str, now: u64) -> Result<bool, A
     }
     match cmd.cmd {
         Cmd::Start => {
-            for (_, spec) in todo() {
-                start(ctx, spec, cmd.callback_url.as_deref(), now, None, mark).await?;
+            // Each task's start is its own script and work order, so a body's
+            // tasks start together: answered in a few confirm round trips, not
+            // one per task. One at a time if an id repeats (the later entry wins).
+            let unique = ids.iter().collect::<HashSet<_>>().len() == ids.len();
+            let cb = cmd.callback_url.as_deref();
+            let specs: Vec<&TaskSpec> = todo().map(|(_, spec)| spec).collect();
+            for batch in specs.chunks(if unique { STARTS_IN_FLIGHT } else { 1 }) {
+                let starts = batch.iter().map(|s| start(ctx, s, cb, now, None, mark));
+                // Every start of the batch runs to its end (none is cut between
+                // its script and its order) before an error is returned.
+                for r in futures_util::future::join_all(starts).await {
+                    r?;
+                }
             }
         }
         Cmd::Terminate => {
