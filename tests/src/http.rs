@@ -57,6 +57,8 @@ pub struct Request {
 
 struct Shared {
     body: Vec<u8>,
+    /// Serve the files under this directory by path instead of `body`.
+    root: Option<std::path::PathBuf>,
     content_type: String,
     script: Vec<Behavior>,
     after: Behavior,
@@ -97,19 +99,31 @@ impl HttpServer {
         Self::spawn(file, script, Behavior::Ok, Some(bytes_per_sec.max(1)))
     }
 
+    /// Serves the files under `root` by their path (404 for others), each
+    /// response's body paced at `bytes_per_sec` when given; no script.
+    pub fn directory(root: &Path, bytes_per_sec: Option<u64>) -> HttpServer {
+        let root = Some(root.to_path_buf());
+        Self::spawn_with(Vec::new(), "", root, vec![], Behavior::Ok, bytes_per_sec)
+    }
+
     fn spawn(file: &Path, script: Vec<Behavior>, after: Behavior, rate: Option<u64>) -> HttpServer {
         let body = std::fs::read(file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
-        let content_type = match file.extension().and_then(|e| e.to_str()) {
-            Some("mp4") => "video/mp4",
-            Some("flv") => "video/x-flv",
-            Some("m3u8") => "application/vnd.apple.mpegurl",
-            Some("ts") => "video/mp2t",
-            _ => "application/octet-stream",
-        };
+        Self::spawn_with(body, content_type(file), None, script, after, rate)
+    }
+
+    fn spawn_with(
+        body: Vec<u8>,
+        content_type: &str,
+        root: Option<std::path::PathBuf>,
+        script: Vec<Behavior>,
+        after: Behavior,
+        rate: Option<u64>,
+    ) -> HttpServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local_addr");
         let shared = Arc::new(Shared {
             body,
+            root,
             content_type: content_type.into(),
             script,
             after,
@@ -186,6 +200,16 @@ impl Drop for HttpServer {
         for c in lock(&self.shared.conns).drain(..) {
             let _ = c.shutdown(Shutdown::Both);
         }
+    }
+}
+
+fn content_type(file: &Path) -> &'static str {
+    match file.extension().and_then(|e| e.to_str()) {
+        Some("mp4") | Some("m4s") => "video/mp4",
+        Some("flv") => "video/x-flv",
+        Some("m3u8") => "application/vnd.apple.mpegurl",
+        Some("ts") => "video/mp2t",
+        _ => "application/octet-stream",
     }
 }
 
@@ -299,7 +323,7 @@ fn serve(s: &Shared, mut conn: TcpStream) {
             n,
             at: Instant::now(),
             method: method.clone(),
-            target,
+            target: target.clone(),
             range: range.clone(),
             behavior: behavior.clone(),
             body_sent: 0,
@@ -333,7 +357,33 @@ fn serve(s: &Shared, mut conn: TcpStream) {
             );
         }
         Behavior::Ok | Behavior::DropMidBody | Behavior::StallMidBody => {
-            let len = s.body.len();
+            let file;
+            let (body, content_type) = match &s.root {
+                None => (&s.body[..], s.content_type.as_str()),
+                Some(root) => {
+                    let rel = target
+                        .split('?')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start_matches('/');
+                    let path = root.join(rel);
+                    match (rel.split('/').any(|p| p == ".."), std::fs::read(&path)) {
+                        (false, Ok(b)) => {
+                            file = b;
+                            (&file[..], content_type(&path))
+                        }
+                        _ => {
+                            let _ = write!(
+                                conn,
+                                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            );
+                            let _ = conn.shutdown(Shutdown::Write);
+                            return;
+                        }
+                    }
+                }
+            };
+            let len = body.len();
             let (status, first, last) = match range.as_deref().and_then(|r| parse_range(r, len)) {
                 None => (200, 0, len.saturating_sub(1)),
                 Some(Ok((a, b))) => (206, a, b),
@@ -349,12 +399,12 @@ fn serve(s: &Shared, mut conn: TcpStream) {
             let part = if len == 0 {
                 &[][..]
             } else {
-                &s.body[first..=last]
+                &body[first..=last]
             };
             let mut h = format!(
                 "HTTP/1.1 {status} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n",
                 reason(status),
-                s.content_type,
+                content_type,
                 part.len()
             );
             if status == 206 {

@@ -341,6 +341,80 @@ fn a_download_failing_mid_item_fails_the_item_with_the_sources_own_error() {
     );
 }
 
+#[test]
+fn an_hls_playlist_plays_while_its_segments_download_once_for_three_tasks() {
+    let media = Media::mp4(12.0, "640x360", 25, 25, Pattern::TestSrc2);
+    let dir = tempfile::tempdir().unwrap();
+    let ok = Command::new(ffmpeg())
+        .args(["-v", "error", "-y", "-i"])
+        .arg(&media.path)
+        .args([
+            "-c",
+            "copy",
+            "-f",
+            "hls",
+            "-hls_time",
+            "1",
+            "-hls_playlist_type",
+            "vod",
+        ])
+        .arg("-hls_segment_filename")
+        .arg(dir.path().join("seg%03d.ts"))
+        .arg(dir.path().join("index.m3u8"))
+        .status()
+        .expect("run ffmpeg")
+        .success();
+    assert!(ok, "ffmpeg could not segment the file");
+    let segments: Vec<String> = std::fs::read_to_string(dir.path().join("index.m3u8"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.ends_with(".ts"))
+        .map(|l| format!("/{l}"))
+        .collect();
+    assert!(segments.len() >= 10, "{segments:?}");
+    // Each response paced at 2.5x the bitrate: about 5 s for every segment in turn.
+    let server = HttpServer::directory(dir.path(), Some(rate(&media, 2.5)));
+    let url = server.url("/index.m3u8");
+    let rtmp = RtmpServer::start();
+    let keys: Vec<String> = (0..3).map(|i| unique(&format!("hls{i}"))).collect();
+    let tasks: Vec<Value> = keys
+        .iter()
+        .map(|k| task("hls", &url, &rtmp.url(k)))
+        .collect();
+    let mut w = Worker::play_many(&tasks, &[]);
+    let on_air = first_packet_at(&rtmp, &keys[0], Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("nothing reached nginx\n{}", w.report()));
+    let status = w.wait_exit(Duration::from_secs(90));
+    assert_eq!(status.code(), Some(0), "worker failed\n{}", w.report());
+    assert!(w.events_named("item_failed").is_empty(), "{}", w.report());
+    let reqs = server.requests();
+    let last = segments.last().unwrap();
+    let last_at = reqs
+        .iter()
+        .find(|r| &r.target == last)
+        .unwrap_or_else(|| panic!("{last} never asked for: {reqs:#?}"))
+        .at;
+    assert!(
+        on_air < last_at,
+        "on air before the last segment was asked for ({} ms before)",
+        last_at.saturating_duration_since(on_air).as_millis()
+    );
+    for seg in &segments {
+        let n = reqs.iter().filter(|r| &r.target == seg).count();
+        assert_eq!(n, 1, "{seg} asked for {n} times by three tasks: {reqs:#?}");
+    }
+    for k in &keys {
+        rtmp.assert_one_session(k);
+        let rec = Recording::read(&rtmp.record_path(k));
+        assert!(
+            (rec.video_secs() - media.video_secs()).abs() <= 0.2,
+            "{}",
+            rec.summary()
+        );
+        rec.assert_decodes_cleanly();
+    }
+}
+
 /// The media timestamp (ms) nginx last saw from the publisher of `key`, per `/stat`.
 fn publisher_ts_ms(stat: &str, key: &str) -> Option<u64> {
     let at = stat.find(&format!("<name>{key}</name>"))?;

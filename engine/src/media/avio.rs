@@ -35,6 +35,8 @@ struct Io {
     /// The demuxer's own format, and our copy with `read_close` replaced.
     original: *const ffi::AVInputFormat,
     format: ffi::AVInputFormat,
+    /// The demuxer is open: a size asked for now is for a seek.
+    opened: bool,
     /// The first read error: logged once (libavformat asks again after a
     /// failure), kept for [`source_error`].
     error: Option<WorkerError>,
@@ -58,6 +60,7 @@ pub fn open_stream(reader: Reader) -> Result<ff::format::context::Input, ff::Err
             pb: ptr::null_mut(),
             original: ptr::null(),
             format: std::mem::zeroed(),
+            opened: false,
             error: None,
         }));
         let pb = ffi::avio_alloc_context(
@@ -99,6 +102,7 @@ pub fn open_stream(reader: Reader) -> Result<ff::format::context::Input, ff::Err
             ffi::avformat_close_input(&mut ctx);
             return Err(ff::Error::from(r));
         }
+        (*io).opened = true;
         Ok(ff::format::context::Input::wrap(ctx))
     }
 }
@@ -223,6 +227,13 @@ unsafe extern "C" fn seek(opaque: *mut c_void, offset: i64, whence: c_int) -> i6
     let io = unsafe { &mut *(opaque as *mut Io) };
     let len = io.reader.size();
     if whence & ffi::AVSEEK_SIZE != 0 {
+        // Unknown while an HLS source's segments download. Opening goes on
+        // without it (as for a live stream); a seek afterwards (a cut: MPEG-TS
+        // seeks by a byte-based search) waits for the whole file.
+        let len = match len {
+            None if io.opened => io.reader.size_when_known(),
+            len => len,
+        };
         return len.map_or(ffi::AVERROR(ffi::ENOSYS) as i64, |l| l as i64);
     }
     let base = match whence & !ffi::AVSEEK_FORCE {

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use vodfleet_proto::redact;
 
 mod reader;
+mod segments;
 use reader::retask;
 pub use reader::Reader;
 
@@ -76,6 +77,11 @@ struct State {
     progress_at: Instant,
     /// Stops the running transfer when the last pin goes.
     run_cancel: Option<CancellationToken>,
+    /// An HLS playlist's segments, fetched one after another into the file
+    /// instead of one URL ([`segments`]); the first not yet whole, and where it starts.
+    segments: Option<Arc<Vec<String>>>,
+    seg_next: usize,
+    seg_base: u64,
 }
 
 impl State {
@@ -177,6 +183,30 @@ impl Cache {
         fetch_url: &str,
         task_id: &str,
     ) -> std::io::Result<Pin> {
+        self.pin_entry(url, task_id, |st| st.fetch_url = fetch_url.to_owned())
+    }
+
+    /// Pins the entry of the HLS source `url`, whose media is `segments`
+    /// (absolute URLs, the init section first) concatenated: fetched one after
+    /// another, each under the URL policy, while readers read (a plan given
+    /// by an earlier pin stays).
+    pub fn pin_segments(
+        self: &Arc<Self>,
+        url: &str,
+        segments: Vec<String>,
+        task_id: &str,
+    ) -> std::io::Result<Pin> {
+        self.pin_entry(url, task_id, |st| {
+            st.segments.get_or_insert_with(|| Arc::new(segments));
+        })
+    }
+
+    fn pin_entry(
+        self: &Arc<Self>,
+        url: &str,
+        task_id: &str,
+        set: impl FnOnce(&mut State),
+    ) -> std::io::Result<Pin> {
         let m = crate::metrics::get();
         let entry = {
             let mut map = self.map();
@@ -217,6 +247,9 @@ impl Cache {
                             task_id: String::new(),
                             progress_at: Instant::now(),
                             run_cancel: None,
+                            segments: None,
+                            seg_next: 0,
+                            seg_base: 0,
                         }),
                         cond: Condvar::new(),
                         notify: tokio::sync::Notify::new(),
@@ -230,7 +263,7 @@ impl Cache {
         let mut st = entry.lock();
         st.pins += 1;
         st.last_used = self.tick.fetch_add(1, Ordering::Relaxed);
-        st.fetch_url = fetch_url.to_owned();
+        set(&mut st);
         st.task_id = task_id.to_owned();
         if !st.driver && !st.complete() {
             st.driver = true;
@@ -250,6 +283,9 @@ impl Cache {
     /// readers need, then the next, until the file is whole, it fails, or
     /// nobody pins it.
     async fn drive(self: Arc<Self>, entry: Arc<Entry>) {
+        if entry.lock().segments.is_some() {
+            return self.drive_segments(entry).await;
+        }
         loop {
             let (from, fetch_url, task_id, run) = {
                 let mut st = entry.lock();

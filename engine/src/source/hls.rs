@@ -1,9 +1,10 @@
 //! HLS VOD sources (`.m3u8` over `http(s)`): the playlist is parsed with
 //! `m3u8-rs`, and every segment (and the fMP4 initialization section) is
-//! fetched by our own client, each URL under the URL policy, then appended
-//! to one local file that libavformat opens like any other: MPEG-TS segments
-//! concatenate into a transport stream, fMP4 ones after their init section
-//! into a fragmented MP4 (docs/contract.md#src).
+//! fetched by our own client, each URL under the URL policy, in order into
+//! one entry of the worker's shared cache that libavformat reads while it
+//! downloads (`source::cache`): MPEG-TS segments concatenate into a
+//! transport stream, fMP4 ones after their init section into a fragmented
+//! MP4 (docs/contract.md#src).
 //!
 //! One level of master playlist is followed (the highest bandwidth under
 //! `VODFLEET_HLS_MAX_BANDWIDTH`); a playlist that leads to another master is

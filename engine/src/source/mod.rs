@@ -4,9 +4,10 @@
 //! `http(s)` sources and `s3://BUCKET/KEY` ones (a presigned `https` GET,
 //! [`s3`]) are streamed through the worker's shared [`cache`]: playback
 //! starts while the download goes on, and one download serves every task
-//! and loop that plays the URL. `vod://NAME` is resolved inside the media
-//! root; HLS playlists ([`hls`]) and watermark images are still fetched whole
-//! into the task's own directory. Downloads of later items start while
+//! and loop that plays the URL; an HLS playlist ([`hls`]) streams its
+//! segments in order into one cache entry. `vod://NAME` is resolved inside
+//! the media root; watermark images (and HLS playlists' text) are fetched
+//! whole into the task's own directory. Downloads of later items start while
 //! earlier ones play (docs/design/sources.md).
 
 pub mod cache;
@@ -29,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use vodfleet_proto::{redact, TaskSpec};
 
 type Slot = Arc<OnceCell<Result<PathBuf, Arc<WorkerError>>>>;
+type Plan = Arc<OnceCell<Result<Vec<String>, WorkerError>>>;
 
 /// What `media::open_input` opens for an item.
 pub enum Media {
@@ -66,6 +68,9 @@ pub struct Sources {
     cache: Arc<cache::Cache>,
     /// Pins taken by [`Sources::prefetch`], handed to the item's reader when it opens.
     prefetched: Mutex<HashMap<String, cache::Pin>>,
+    /// HLS playlists parsed, by source URL: once per task however often the
+    /// item is prefetched, opened or looped.
+    plans: Mutex<HashMap<String, Plan>>,
     /// Streamed sources whose download failed before playing: later loops of
     /// this task fail them at once, as a downloaded file's failure did.
     failed: Mutex<HashMap<String, Arc<WorkerError>>>,
@@ -105,6 +110,7 @@ impl Sources {
             watermarks_checked: OnceCell::new(),
             cache,
             prefetched: Mutex::new(HashMap::new()),
+            plans: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
             rtsp: rtsp::Limits::new(spec),
         }))
@@ -144,23 +150,28 @@ impl Sources {
     /// Pins `url`'s cache entry, which starts its download, after the URL
     /// policy's checks (`s3://`: of the presigned URL's host).
     async fn pin(&self, url: &str) -> Result<cache::Pin, WorkerError> {
-        let fetch_url = if url.starts_with("s3://") {
-            self.presign(url)?
+        let pinned = if hls::is_playlist(url) {
+            let plan = lock(&self.plans).entry(url.to_owned()).or_default().clone();
+            let segments = plan.get_or_init(|| self.hls_segments(url)).await.clone()?;
+            self.cache.pin_segments(url, segments, &self.task_id)
         } else {
-            url.to_owned()
+            let fetch_url = if url.starts_with("s3://") {
+                self.presign(url)?
+            } else {
+                url.to_owned()
+            };
+            self.check_fetch(url, &fetch_url).await?;
+            self.cache.pin(url, &fetch_url, &self.task_id)
         };
-        self.check_fetch(url, &fetch_url).await?;
-        self.cache
-            .pin(url, &fetch_url, &self.task_id)
-            .map_err(|e| WorkerError::Source {
-                task: self.task_id.clone(),
-                url: redact::source(url),
-                attempt: 0,
-                attempts: self.cfg.source_attempts,
-                cause: format!("cache file: {e}"),
-                kind: ErrorKind::Fail,
-                fault: Fault::Local,
-            })
+        pinned.map_err(|e| WorkerError::Source {
+            task: self.task_id.clone(),
+            url: redact::source(url),
+            attempt: 0,
+            attempts: self.cfg.source_attempts,
+            cause: format!("cache file: {e}"),
+            kind: ErrorKind::Fail,
+            fault: Fault::Local,
+        })
     }
 
     async fn check_watermarks_once(&self) -> Result<(), Arc<WorkerError>> {
@@ -228,7 +239,6 @@ impl Sources {
                 let signed = self.presign(url)?;
                 self.fetch(url, &signed).await
             }
-            "http" | "https" if hls::is_playlist(url) => self.hls(url).await,
             "http" | "https" => self.fetch(url, url).await,
             "rtsp" => rtsp::pull(self, url).await,
             other => Err(WorkerError::Unsupported {
@@ -249,15 +259,21 @@ impl Sources {
         Ok(dest)
     }
 
-    /// An HLS playlist's media, fetched into one file ([`hls`]).
-    async fn hls(&self, url: &str) -> Result<PathBuf, WorkerError> {
+    /// The segments of the HLS source `url` ([`hls`]): its playlist (and one
+    /// level of master) fetched and parsed, its program date kept for
+    /// `absofftime`, and every segment URL checked by the URL policy before
+    /// anything plays (each is checked again when it is fetched).
+    async fn hls_segments(&self, url: &str) -> Result<Vec<String>, WorkerError> {
         let unsupported = |cause: String| WorkerError::Unsupported {
             task: self.task_id.clone(),
             cause: format!("HLS source {}: {cause}", redact::source(url)),
         };
         let (mut at, mut nested) = (url.to_owned(), false);
         let plan = loop {
-            let path = self.dir.join(format!("{}.m3u8", hex_digest(&at)));
+            // A name of its own: two items' plans may fetch the same playlist at once.
+            static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = self.dir.join(format!("{}-{n}.m3u8", hex_digest(&at)));
             self.fetch_to(&at, &at, &path).await?;
             let body = read_bounded(&path, hls::MAX_PLAYLIST_BYTES).map_err(&unsupported)?;
             let _ = std::fs::remove_file(&path);
@@ -268,30 +284,23 @@ impl Sources {
                 hls::Parsed::Variant(next) => (at, nested) = (next, true),
             }
         };
-        let dest = self.dir.join(hex_digest(url));
-        let part = self.dir.join(format!("{}.part", hex_digest(url)));
-        let cache = |e: std::io::Error| unsupported(format!("cache file: {e}"));
-        let mut out = tokio::fs::File::create(&dest).await.map_err(cache)?;
+        let mut hosts = std::collections::HashSet::new();
         for segment in &plan.urls {
-            // Each segment is a source of its own: the policy, the timeouts,
-            // the retries and Range resume apply to it.
-            let _ = tokio::fs::remove_file(&part).await;
-            self.fetch_to(segment, segment, &part).await?;
-            let mut r = tokio::fs::File::open(&part).await.map_err(cache)?;
-            tokio::io::copy(&mut r, &mut out).await.map_err(cache)?;
+            let host = url::Url::parse(segment)
+                .ok()
+                .map(|u| (u.host_str().map(str::to_owned), u.port_or_known_default()));
+            if hosts.insert(host) {
+                self.check_fetch(segment, segment).await?;
+            }
         }
-        tokio::io::AsyncWriteExt::flush(&mut out)
-            .await
-            .map_err(cache)?;
-        let _ = std::fs::remove_file(&part);
         if let Some(ms) = plan.start_ms {
             self.starts
                 .lock()
                 .expect("starts lock")
                 .insert(url.to_owned(), ms);
         }
-        tracing::info!(task.id = %self.task_id, url = %redact::source(url), segments = plan.urls.len(), "HLS source fetched");
-        Ok(dest)
+        tracing::info!(task.id = %self.task_id, url = %redact::source(url), segments = plan.urls.len(), "HLS source planned");
+        Ok(plan.urls)
     }
 
     /// When the recording at `url` started, if its playlist said so
@@ -317,20 +326,7 @@ impl Sources {
 
     /// The URL policy's checks before `fetch_url` (for `url`) is contacted.
     async fn check_fetch(&self, url: &str, fetch_url: &str) -> Result<(), WorkerError> {
-        let parsed = url::Url::parse(fetch_url).map_err(|e| self.refuse(url, e.to_string()))?;
-        policy::check_url_host(&parsed, self.cfg.allow_private_networks)
-            .map_err(|r| self.refuse(url, r))?;
-        // A name that resolves only to refused addresses is refused once, here,
-        // not retried as an unreachable server (the client's resolver checks
-        // every connection and redirect again).
-        if let Some(url::Host::Domain(host)) = parsed.host() {
-            if let Err(policy::NameError::Refused(why)) =
-                policy::resolve_allowed(host, self.cfg.allow_private_networks).await
-            {
-                return Err(self.refuse(url, why));
-            }
-        }
-        Ok(())
+        check_fetch(&self.cfg, &self.task_id, url, fetch_url).await
     }
 
     /// Watermark images the URL policy would never fetch, refused before the
@@ -372,14 +368,43 @@ impl Drop for Sources {
     }
 }
 
-/// Whether `url` streams through the shared cache: `http(s)` other than an
-/// HLS playlist, and `s3`.
-fn streamed(url: &str) -> bool {
-    match url.split_once("://").map(|(s, _)| s.to_ascii_lowercase()) {
-        Some(s) if s == "http" || s == "https" => !hls::is_playlist(url),
-        Some(s) => s == "s3",
-        None => false,
+/// The URL policy's checks before `fetch_url` (for the source `url`, which
+/// messages name) is contacted for `task`.
+pub(crate) async fn check_fetch(
+    cfg: &Config,
+    task: &str,
+    url: &str,
+    fetch_url: &str,
+) -> Result<(), WorkerError> {
+    let refuse = |reason: String| WorkerError::Policy {
+        task: task.to_owned(),
+        url: redact::source(url),
+        reason,
+    };
+    let parsed = url::Url::parse(fetch_url).map_err(|e| refuse(e.to_string()))?;
+    policy::check_url_host(&parsed, cfg.allow_private_networks).map_err(refuse)?;
+    // A name that resolves only to refused addresses is refused once, here,
+    // not retried as an unreachable server (the client's resolver checks
+    // every connection and redirect again).
+    if let Some(url::Host::Domain(host)) = parsed.host() {
+        if let Err(policy::NameError::Refused(why)) =
+            policy::resolve_allowed(host, cfg.allow_private_networks).await
+        {
+            return Err(refuse(why));
+        }
     }
+    Ok(())
+}
+
+/// Whether `url` streams through the shared cache: `http(s)` (HLS playlists
+/// too) and `s3`.
+fn streamed(url: &str) -> bool {
+    matches!(
+        url.split_once("://")
+            .map(|(s, _)| s.to_ascii_lowercase())
+            .as_deref(),
+        Some("http" | "https" | "s3")
+    )
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -97,6 +97,23 @@ impl Reader {
         self.pin.entry.lock().len
     }
 
+    /// The file's length, waiting for the download to end if no response
+    /// said it (an HLS source's segments); `None` if it fails or the task stops.
+    pub fn size_when_known(&self) -> Option<u64> {
+        let e = &self.pin.entry;
+        let mut st = e.lock();
+        loop {
+            if st.len.is_some() || st.failed.is_some() || !st.driver || self.cancel.is_cancelled() {
+                return st.len;
+            }
+            st = e
+                .cond
+                .wait_timeout(st, WAIT_SLICE)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
     fn error(&self, fault: Fault, cause: String) -> WorkerError {
         WorkerError::Source {
             task: self.task_id.clone(),

@@ -330,3 +330,34 @@ fn a_download_nobody_reads_stops_and_a_new_reader_resumes_it() {
     assert_eq!(ranges.len(), 2, "{ranges:?}");
     assert_eq!(ranges[1], Some(held), "resumed at the first byte not held");
 }
+
+#[test]
+fn segments_download_in_order_into_one_file_while_read() {
+    let (rt, cache, _dir) = setup(1 << 30);
+    let data = body(300_000);
+    let srv = serve(&rt, data.clone(), Duration::from_millis(5));
+    let segs: Vec<String> = (0..3)
+        .map(|i| format!("http://127.0.0.1:{}/seg{i}.ts", srv.port))
+        .collect();
+    let key = format!("http://127.0.0.1:{}/index.m3u8", srv.port);
+    let pin = cache.pin_segments(&key, segs, "t").unwrap();
+    let cancel = CancellationToken::new();
+    rt.block_on(pin.started("t", &cancel)).unwrap();
+    let mut r = pin.reader("t", cancel);
+    assert_eq!(r.size(), None, "unknown until the last segment is in");
+    let all = read_exact(&mut r, 3 * data.len());
+    for i in 0..3 {
+        assert_eq!(
+            all[i * data.len()..(i + 1) * data.len()],
+            data[..],
+            "segment {i}"
+        );
+    }
+    assert_eq!(r.read(&mut [0u8; 8]).unwrap(), 0, "then the end");
+    assert_eq!(r.size(), Some(3 * data.len() as u64));
+    assert_eq!(
+        srv.ranges.lock().unwrap().len(),
+        3,
+        "one request per segment"
+    );
+}
