@@ -99,23 +99,23 @@ impl Metrics {
                 "HTTP source download attempts that failed.",
             ),
             source_downloaded_bytes: counter(
-                "vodfleet_source_downloaded_bytes_total",
+                "vodfleet_worker_source_downloaded_bytes_total",
                 "Body bytes received from HTTP(S) and S3 sources (every download, cached or not).",
             ),
             source_cache_bytes: gauge(
-                "vodfleet_source_cache_bytes",
+                "vodfleet_worker_source_cache_bytes",
                 "Bytes the worker's shared source cache holds on disk.",
             ),
             source_cache_hits: counter(
-                "vodfleet_source_cache_hits_total",
+                "vodfleet_worker_source_cache_hits_total",
                 "Source opens (and prefetches) that found their URL in the shared cache.",
             ),
             source_cache_misses: counter(
-                "vodfleet_source_cache_misses_total",
+                "vodfleet_worker_source_cache_misses_total",
                 "Source opens (and prefetches) that started a new cache entry.",
             ),
             source_cache_evictions: counter(
-                "vodfleet_source_cache_evictions_total",
+                "vodfleet_worker_source_cache_evictions_total",
                 "Cache entries evicted (least recently used, read by no running task).",
             ),
             lag_seconds: reg(
@@ -129,7 +129,7 @@ impl Metrics {
             slate_seconds: reg(
                 &registry,
                 Counter::new(
-                    "vodfleet_slate_seconds_total",
+                    "vodfleet_worker_slate_seconds_total",
                     "Seconds of slate (black pictures, silence) sent while sources were late or broken.",
                 )
                 .expect("valid metric"),
@@ -160,7 +160,7 @@ mod tests {
             "vodfleet_worker_source_download_attempts_total",
             "vodfleet_worker_source_download_failures_total",
             "vodfleet_worker_lag_seconds",
-            "vodfleet_slate_seconds_total",
+            "vodfleet_worker_slate_seconds_total",
             "process_cpu_seconds_total",
             "process_resident_memory_bytes",
             "process_open_fds",

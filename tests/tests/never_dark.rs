@@ -120,13 +120,13 @@ fn judge(rtmp: &RtmpServer, key: &str, (from, to): (f64, f64)) -> Recording {
     rec
 }
 
-/// `vodfleet_slate_seconds_total` of a running `play` serving `/metrics` on `port`.
+/// `vodfleet_worker_slate_seconds_total` of a running `play` serving `/metrics` on `port`.
 fn slate_seconds(port: u16) -> f64 {
     let text = http_get(port, "/metrics").expect("/metrics");
     text.lines()
-        .find_map(|l| l.strip_prefix("vodfleet_slate_seconds_total "))
+        .find_map(|l| l.strip_prefix("vodfleet_worker_slate_seconds_total "))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no vodfleet_slate_seconds_total in:\n{text}"))
+        .unwrap_or_else(|| panic!("no vodfleet_worker_slate_seconds_total in:\n{text}"))
 }
 
 #[test]
@@ -206,7 +206,7 @@ fn covered_download(name: &str, fops: Option<Value>) {
     );
     assert!(
         (counted - on_air).abs() < 0.3,
-        "vodfleet_slate_seconds_total {counted} for a slate of {on_air} s"
+        "vodfleet_worker_slate_seconds_total {counted} for a slate of {on_air} s"
     );
     let rec = judge(&rtmp, &key, (from, to));
     let video = rec.video_secs();
