@@ -1,8 +1,10 @@
 //! `rtsp://` sources (issue 8): pulled with `retina` over TCP-interleaved RTP
 //! from a real GStreamer RTSP server (H.264 + AAC, `tests/rtsp-server.py`),
-//! and judged by what nginx-rtmp recorded: `relofftime` counts from the start
-//! of the pull, `absofftime` against its wall clock, a pull that stalls resumes
-//! and appends, a stream the server ends plays to its end, wrong credentials
+//! and judged by what nginx-rtmp recorded: an item plays while it is pulled
+//! (on air within seconds, not at its range end), `relofftime` counts from
+//! the start of the pull, `absofftime` against its wall clock, a pull that
+//! stalls is covered by the slate, resumes and appends, a stream the server
+//! ends plays to its end, wrong credentials
 //! and an unreachable port fail their item by name without printing the
 //! password, and a loopback address is refused without
 //! `VODFLEET_ALLOW_PRIVATE_NETWORKS`.
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 use vodfleet_tests::http::closed_port;
 use vodfleet_tests::peers::{RtspOptions, RtspServer};
 use vodfleet_tests::probe::{audio_info, video_info};
-use vodfleet_tests::{unique, Recording, RtmpServer, Running, Worker};
+use vodfleet_tests::{poll, unique, Recording, RtmpServer, Running, Worker};
 
 const PASSWORD: &str = "rtsp-pw-canary-93b1";
 
@@ -29,12 +31,45 @@ fn task(src: Value, rtmp: &RtmpServer, key: &str) -> Value {
     })
 }
 
+/// When nginx wrote the first media packet of `key` into its recording (the
+/// file grows past its FLV header and metadata), polled every 25 ms.
+fn first_packet_at(rtmp: &RtmpServer, key: &str, timeout: Duration) -> Option<Instant> {
+    let path = rtmp.record_path(key);
+    poll(timeout, || {
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        (len > 2048).then(Instant::now)
+    })
+}
+
+/// The seconds of slate the task put on air (its `slate_ended` events).
+fn slate_secs(w: &Running) -> f64 {
+    w.events_named("slate_ended")
+        .iter()
+        .map(|e| e["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0)
+        .sum()
+}
+
 /// Plays `src` to its end and checks the recording: one session, H.264 +
-/// AAC, `want` ± `slack` seconds of video, monotonic, decoding cleanly.
+/// AAC, `want` ± `slack` seconds of video (plus any slate the task put on
+/// air), monotonic, decoding cleanly.
 fn assert_plays(src: Value, want: f64, slack: f64, env: &[(&str, &str)]) -> Running {
+    assert_plays_timed(src, want, slack, env).0
+}
+
+/// [`assert_plays`], also returning how long after the worker started the
+/// first media packet reached nginx.
+fn assert_plays_timed(
+    src: Value,
+    want: f64,
+    slack: f64,
+    env: &[(&str, &str)],
+) -> (Running, Duration) {
     let rtmp = RtmpServer::start();
     let key = unique("rtsp");
+    let started = Instant::now();
     let mut w = Worker::play(task(src, &rtmp, &key), env);
+    let on_air = first_packet_at(&rtmp, &key, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("never on air\n{}", w.report()));
     let status = w.wait_exit(Duration::from_secs(90));
     assert_eq!(status.code(), Some(0), "worker failed\n{}", w.report());
     assert!(w.events_named("item_failed").is_empty(), "{}", w.report());
@@ -45,9 +80,10 @@ fn assert_plays(src: Value, want: f64, slack: f64, env: &[(&str, &str)]) -> Runn
     assert_eq!((a.codec.as_str(), a.sample_rate), ("aac", 44100));
     let rec = Recording::read(&path);
     let got = rec.video_secs();
+    let want = want + slate_secs(&w);
     assert!(
         (got - want).abs() <= slack,
-        "recorded {got:.3} s of video, want {want} ± {slack} s: {}",
+        "recorded {got:.3} s of video, want {want:.3} ± {slack} s: {}",
         rec.summary()
     );
     let audio = vodfleet_tests::probe::span(&rec.audio);
@@ -58,7 +94,31 @@ fn assert_plays(src: Value, want: f64, slack: f64, env: &[(&str, &str)]) -> Runn
     );
     rec.assert_monotonic();
     rec.assert_decodes_cleanly();
-    w
+    (w, on_air - started)
+}
+
+#[test]
+fn an_item_goes_on_air_while_it_is_pulled() {
+    let server = RtspServer::start(&RtspOptions::default());
+    // 20 s of the pull: on air once the first keyframe and a second or so of
+    // media are in, not once the pull has reached 20 s.
+    let (w, on_air) = assert_plays_timed(
+        json!([{"url": server.url(None), "relofftime": "0-20"}]),
+        20.0,
+        1.1,
+        &[],
+    );
+    assert!(
+        on_air <= Duration::from_secs(3),
+        "on air {} ms after the worker started (at most 3000)\n{}",
+        on_air.as_millis(),
+        w.report()
+    );
+    assert!(
+        w.events_named("slate_started").is_empty(),
+        "a pull at real time needs no slate\n{}",
+        w.report()
+    );
 }
 
 #[test]
@@ -127,18 +187,20 @@ fn relay(mut from: TcpStream, mut to: TcpStream, stall_after: Option<Duration>) 
 }
 
 #[test]
-fn a_pull_that_stalls_resumes_and_appends_after_what_it_has() {
+fn a_pull_that_stalls_is_covered_by_the_slate_then_resumes_after_what_it_has() {
     let server = RtspServer::start(&RtspOptions::default());
     let (port, connections) = stalling_relay(server.port(), Duration::from_secs(3));
     let url = format!("rtsp://127.0.0.1:{port}/test");
-    // The first connection stalls after ~3 s: after 2 s without media the
+    // The first connection stalls after ~3 s, while the item is on air: the
+    // late demux read is covered by the slate; after 2 s without media the
     // attempt fails and the next one appends the rest of the 8 s. The resumed
     // session's keyframes fall anywhere in the second, and copy mode ends
-    // the range just before the keyframe at or after 8 s: 8–9 s.
+    // the range just before the keyframe at or after 8 s: 8–9 s of the item,
+    // plus the slate.
     let w = assert_plays(
         json!([{"url": url, "relofftime": "0-8"}]),
         8.5,
-        0.55,
+        0.8,
         &[
             ("VODFLEET_SOURCE_TIMEOUT_MS", "2000"),
             ("VODFLEET_RETRY_BACKOFF_MS", "200"),
@@ -149,6 +211,19 @@ fn a_pull_that_stalls_resumes_and_appends_after_what_it_has() {
     assert!(
         err.contains("RTSP pull attempt failed") && err.contains("no media for 2000 ms"),
         "{}",
+        w.report()
+    );
+    let started = w.events_named("slate_started");
+    assert!(
+        !started.is_empty() && started.iter().all(|e| e["waiting_for"] == "read"),
+        "the stall mid-item is covered by the slate: {started:?}\n{}",
+        w.report()
+    );
+    assert_eq!(started[0]["item"], 0, "{}", w.report());
+    let slate = slate_secs(&w);
+    assert!(
+        (1.0..6.0).contains(&slate),
+        "the slate covers the stall (2 s without media, then a new session): {slate:.3} s\n{}",
         w.report()
     );
 }

@@ -35,8 +35,10 @@ use vodfleet_proto::redact;
 
 mod reader;
 mod segments;
+mod stream;
 use reader::retask;
 pub use reader::Reader;
+pub use stream::Producer;
 
 /// A read this close ahead of the download's next byte waits for it rather
 /// than asking for a new request (about a second of a 16 Mbit/s download).
@@ -104,6 +106,9 @@ impl State {
 /// One source URL's file in the cache.
 pub struct Entry {
     key: String,
+    /// The source's URL, named (redacted) in messages: the key, but for a
+    /// task's own entry ([`stream`]).
+    shown: String,
     path: PathBuf,
     file: std::fs::File,
     state: Mutex<State>,
@@ -217,44 +222,7 @@ impl Cache {
                 }
                 None => {
                     m.source_cache_misses.inc();
-                    let id = self.ids.fetch_add(1, Ordering::Relaxed);
-                    let path = self.dir.join(format!("{}-{id}", super::hex_digest(url)));
-                    let file = std::fs::OpenOptions::new()
-                        .create(true)
-                        .truncate(true)
-                        .read(true)
-                        .write(true)
-                        .open(&path)?;
-                    let e = Arc::new(Entry {
-                        key: url.to_owned(),
-                        path,
-                        file,
-                        state: Mutex::new(State {
-                            held: RangeSet::default(),
-                            len: None,
-                            failed: None,
-                            driver: false,
-                            started: false,
-                            cursor: None,
-                            run_bytes: 0,
-                            run_for_want: false,
-                            want: None,
-                            focus: 0,
-                            pins: 0,
-                            last_used: 0,
-                            evicted: false,
-                            fetch_url: String::new(),
-                            task_id: String::new(),
-                            progress_at: Instant::now(),
-                            run_cancel: None,
-                            segments: None,
-                            seg_next: 0,
-                            seg_base: 0,
-                        }),
-                        cond: Condvar::new(),
-                        notify: tokio::sync::Notify::new(),
-                        cancel: CancellationToken::new(),
-                    });
+                    let e = self.make_entry(url, url)?;
                     map.insert(url.to_owned(), e.clone());
                     e
                 }
@@ -277,6 +245,49 @@ impl Cache {
             cache: self.clone(),
             entry,
         })
+    }
+
+    /// A new entry (not yet in the map) with an empty file of its own.
+    fn make_entry(&self, key: &str, shown: &str) -> std::io::Result<Arc<Entry>> {
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!("{}-{id}", super::hex_digest(key)));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)?;
+        Ok(Arc::new(Entry {
+            key: key.to_owned(),
+            shown: shown.to_owned(),
+            path,
+            file,
+            state: Mutex::new(State {
+                held: RangeSet::default(),
+                len: None,
+                failed: None,
+                driver: false,
+                started: false,
+                cursor: None,
+                run_bytes: 0,
+                run_for_want: false,
+                want: None,
+                focus: 0,
+                pins: 0,
+                last_used: 0,
+                evicted: false,
+                fetch_url: String::new(),
+                task_id: String::new(),
+                progress_at: Instant::now(),
+                run_cancel: None,
+                segments: None,
+                seg_next: 0,
+                seg_base: 0,
+            }),
+            cond: Condvar::new(),
+            notify: tokio::sync::Notify::new(),
+            cancel: CancellationToken::new(),
+        }))
     }
 
     /// The download driver of `entry`: a transfer from the first missing byte
@@ -319,7 +330,7 @@ impl Cache {
                 cfg: &self.cfg,
                 task_id: &task_id,
                 url: &fetch_url,
-                shown: &entry.key,
+                shown: &entry.shown,
                 cancel: &run,
             }
             .run(&mut sink)
@@ -381,7 +392,7 @@ impl Cache {
             let m = crate::metrics::get();
             m.source_cache_evictions.inc();
             m.source_cache_bytes.set(left as i64);
-            tracing::debug!(url = %redact::source(&e.key), bytes = freed, "cache entry evicted");
+            tracing::debug!(url = %redact::source(&e.shown), bytes = freed, "cache entry evicted");
         }
     }
 }
@@ -536,7 +547,7 @@ impl Pin {
                 _ = &mut notified => {}
                 _ = cancel.cancelled() => return Err(WorkerError::Source {
                     task: task_id.to_owned(),
-                    url: redact::source(&self.entry.key),
+                    url: redact::source(&self.entry.shown),
                     attempt: 0,
                     attempts: self.cache.cfg.source_attempts,
                     cause: "task stopped".into(),
@@ -544,6 +555,18 @@ impl Pin {
                     fault: Fault::Local,
                 }),
             }
+        }
+    }
+
+    /// Another pin of the same entry.
+    pub fn another(&self) -> Pin {
+        let mut st = self.entry.lock();
+        st.pins += 1;
+        st.last_used = self.cache.tick.fetch_add(1, Ordering::Relaxed);
+        drop(st);
+        Pin {
+            cache: self.cache.clone(),
+            entry: self.entry.clone(),
         }
     }
 

@@ -5,7 +5,9 @@
 //! [`s3`]) are streamed through the worker's shared [`cache`]: playback
 //! starts while the download goes on, and one download serves every task
 //! and loop that plays the URL; an HLS playlist ([`hls`]) streams its
-//! segments in order into one cache entry. `vod://NAME` is resolved inside
+//! segments in order into one cache entry; an `rtsp://` pull ([`rtsp`])
+//! appends FLV to a cache entry of the task's own, played while it is pulled.
+//! `vod://NAME` is resolved inside
 //! the media root; watermark images (and HLS playlists' text) are fetched
 //! whole into the task's own directory. Downloads of later items start while
 //! earlier ones play (docs/design/sources.md).
@@ -34,9 +36,10 @@ type Plan = Arc<OnceCell<Result<Vec<String>, WorkerError>>>;
 
 /// What `media::open_input` opens for an item.
 pub enum Media {
-    /// A local file: `vod://`, an HLS playlist's media, an RTSP pull.
+    /// A local file (`vod://`).
     File(PathBuf),
-    /// An `http(s)`/`s3` source read from the shared cache while it downloads.
+    /// An `http(s)`/`s3`/HLS source read from the shared cache while it
+    /// downloads, or an `rtsp://` one while it is pulled.
     Stream(cache::Reader),
 }
 
@@ -75,7 +78,12 @@ pub struct Sources {
     /// this task fail them at once, as a downloaded file's failure did.
     failed: Mutex<HashMap<String, Arc<WorkerError>>>,
     /// How far each `rtsp://` source is pulled ([`rtsp`]).
-    rtsp: rtsp::Limits,
+    rtsp: Arc<rtsp::Limits>,
+    /// This task's `rtsp://` pulls, by source URL: one per task, its cache
+    /// entry the task's own (removed when the task ends), replayed by loops.
+    pulls: Mutex<HashMap<String, Arc<rtsp::Pulling>>>,
+    /// Stops the pulls when the task ends (or is stopped: a child of `cancel`).
+    rtsp_cancel: CancellationToken,
 }
 
 impl Sources {
@@ -102,7 +110,6 @@ impl Sources {
             cfg: cfg.clone(),
             task_id: task_id.to_owned(),
             dir,
-            cancel,
             rt,
             slots: Mutex::new(HashMap::new()),
             starts: Mutex::new(HashMap::new()),
@@ -112,7 +119,10 @@ impl Sources {
             prefetched: Mutex::new(HashMap::new()),
             plans: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
-            rtsp: rtsp::Limits::new(spec),
+            rtsp: Arc::new(rtsp::Limits::new(spec)),
+            pulls: Mutex::new(HashMap::new()),
+            rtsp_cancel: cancel.child_token(),
+            cancel,
         }))
     }
 
@@ -121,6 +131,9 @@ impl Sources {
     /// (an error status, a refusal or a timeout fails here, before the item
     /// starts), else a local file ([`Sources::local`]).
     pub async fn open(&self, url: &str) -> Result<Media, Arc<WorkerError>> {
+        if is_rtsp(url) {
+            return self.open_rtsp(url).await;
+        }
         if !streamed(url) {
             return self.local(url).await.map(Media::File);
         }
@@ -145,6 +158,47 @@ impl Sources {
                 Err(e)
             }
         }
+    }
+
+    /// An `rtsp://` item: its pull (started if it is not yet), once it holds
+    /// what the item needs to open (rtsp::Pulling::ready).
+    async fn open_rtsp(&self, url: &str) -> Result<Media, Arc<WorkerError>> {
+        let pulling = self.rtsp_pull(url).map_err(Arc::new)?;
+        pulling
+            .ready(&self.rtsp, &self.cfg, &self.task_id, &self.cancel)
+            .await?;
+        Ok(Media::Stream(
+            pulling.reader(&self.task_id, self.cancel.clone()),
+        ))
+    }
+
+    /// The task's pull of `url`, started on first use (an open or a prefetch).
+    fn rtsp_pull(&self, url: &str) -> Result<Arc<rtsp::Pulling>, WorkerError> {
+        let mut pulls = lock(&self.pulls);
+        if let Some(p) = pulls.get(url) {
+            return Ok(p.clone());
+        }
+        let ctx = rtsp::Ctx {
+            cfg: self.cfg.clone(),
+            task_id: self.task_id.clone(),
+            cancel: self.rtsp_cancel.clone(),
+            limits: self.rtsp.clone(),
+        };
+        let p = Arc::new(rtsp::start(
+            ctx,
+            url,
+            &self.rtsp_key(url),
+            &self.cache,
+            &self.rt,
+        )?);
+        pulls.insert(url.to_owned(), p.clone());
+        Ok(p)
+    }
+
+    /// The cache key of this task's pull of `url`: the task's directory is
+    /// unique to this run of the task, so no other task (or run) shares it.
+    fn rtsp_key(&self, url: &str) -> String {
+        format!("rtsp-pull:{}:{url}", self.dir.display())
     }
 
     /// Pins `url`'s cache entry, which starts its download, after the URL
@@ -203,6 +257,11 @@ impl Sources {
     pub fn prefetch(self: &Arc<Self>, url: &str) {
         let (me, url) = (self.clone(), url.to_owned());
         self.rt.spawn(async move {
+            if is_rtsp(&url) {
+                // A refusal or failure is reported when the item opens.
+                let _ = me.rtsp_pull(&url);
+                return;
+            }
             if !streamed(&url) {
                 let _ = me.local(&url).await;
                 return;
@@ -240,7 +299,6 @@ impl Sources {
                 self.fetch(url, &signed).await
             }
             "http" | "https" => self.fetch(url, url).await,
-            "rtsp" => rtsp::pull(self, url).await,
             other => Err(WorkerError::Unsupported {
                 task: self.task_id.clone(),
                 cause: format!(
@@ -365,6 +423,11 @@ impl Drop for Sources {
     fn drop(&mut self) {
         // Downloads belong to the task: nothing is left behind when it ends.
         let _ = std::fs::remove_dir_all(&self.dir);
+        // So do its pulls and their cache entries.
+        self.rtsp_cancel.cancel();
+        for url in lock(&self.pulls).keys() {
+            self.cache.remove(&self.rtsp_key(url));
+        }
     }
 }
 
@@ -405,6 +468,11 @@ fn streamed(url: &str) -> bool {
             .as_deref(),
         Some("http" | "https" | "s3")
     )
+}
+
+fn is_rtsp(url: &str) -> bool {
+    url.get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("rtsp://"))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -117,7 +117,7 @@ impl Reader {
     fn error(&self, fault: Fault, cause: String) -> WorkerError {
         WorkerError::Source {
             task: self.task_id.clone(),
-            url: redact::source(&self.pin.entry.key),
+            url: redact::source(&self.pin.entry.shown),
             attempt: 0,
             attempts: self.pin.cache.cfg.source_attempts,
             cause: format!("{cause}, reading byte {}", self.pos),

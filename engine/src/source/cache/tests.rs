@@ -361,3 +361,52 @@ fn segments_download_in_order_into_one_file_while_read() {
         "one request per segment"
     );
 }
+
+#[test]
+fn a_produced_entry_is_read_while_appended_ends_where_its_producer_ends_and_is_removed() {
+    let (_rt, cache, _dir) = setup(1 << 30);
+    let data = body(200_000);
+    let (pin, mut producer) = cache.produce("task-key", "rtsp://h/cam", "t").unwrap();
+    let mut r = pin.another().reader("t", CancellationToken::new());
+    drop(pin);
+    let chunks = data.clone();
+    let writer = std::thread::spawn(move || {
+        for c in chunks.chunks(10_000) {
+            producer.append(c).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        producer.finish();
+    });
+    // The reader waits for each chunk as it comes, its length unknown till the end.
+    let got = read_exact(&mut r, data.len());
+    assert_eq!(got, data[..]);
+    assert_eq!(
+        r.read(&mut [0u8; 8]).unwrap(),
+        0,
+        "the producer's end is EOF"
+    );
+    assert_eq!(r.size(), Some(data.len() as u64));
+    writer.join().unwrap();
+    // A task's entry is its own: another pin under the URL is another entry.
+    let other = cache.pin("rtsp://h/cam", "rtsp://h/cam", "u");
+    assert!(other.is_ok());
+    assert_eq!(cache.held_bytes(), data.len() as u64);
+    cache.remove("task-key");
+    assert_eq!(cache.held_bytes(), 0, "removed with its task");
+    assert!(
+        std::fs::read_dir(&cache.dir).unwrap().count() <= 1,
+        "its file is gone"
+    );
+
+    // A producer dropped without an end: readers past what it holds get an error.
+    let (pin, mut producer) = cache.produce("k2", "rtsp://h/cam", "t").unwrap();
+    producer.append(b"abc").unwrap();
+    let mut r = pin.reader("t", CancellationToken::new());
+    assert_eq!(read_exact(&mut r, 3), b"abc");
+    producer.fail(WorkerError::Unsupported {
+        task: "t".into(),
+        cause: "the pull failed".into(),
+    });
+    let e = r.read(&mut [0u8; 8]).unwrap_err();
+    assert!(e.to_string().contains("the pull failed"), "{e}");
+}
