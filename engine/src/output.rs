@@ -5,7 +5,7 @@ use crate::destination::{Destination, Setup};
 use crate::frame::{self, Frame, Header, Headers, Tracks};
 use crate::media::slate::{Shape, Slate};
 use crate::media::transcode::{conform, Transcoder};
-use crate::media::{CodecId, OutPacket, SharedParams, StreamSetup};
+use crate::media::{adts, CodecId, OutPacket, SharedParams, StreamSetup};
 use crate::pacer::{Pacer, SystemClock};
 use crate::timeline::{Timeline, Track};
 use ffmpeg_next as ff;
@@ -62,6 +62,9 @@ pub struct Output {
     pub inband_key: bool,
     /// The item's sequence headers (and their extradata) while the slate's are on air.
     saved_headers: Option<(Headers, [Vec<u8>; 2])>,
+    /// Copy mode: the current item's AAC is ADTS-framed without an
+    /// AudioSpecificConfig (MPEG-TS): [`Self::raw_audio`] unwraps its packets.
+    adts: bool,
 }
 
 /// A copy-mode task's slate (docs/design/sources.md, "Never dark").
@@ -96,7 +99,12 @@ impl Output {
         timeline_base_us: i64,
         burst: std::time::Duration,
     ) -> Result<Output, String> {
-        let (tracks, config) = frame::tracks(setup.video.as_ref(), setup.audio.as_ref(), fps)?;
+        let (tracks, mut config) = frame::tracks(setup.video.as_ref(), setup.audio.as_ref(), fps)?;
+        let adts = matches!(mode, Mode::Copy) && setup.audio.as_ref().is_some_and(adts_framed);
+        if adts {
+            // No AudioSpecificConfig yet: the first ADTS header brings it (`raw_audio`).
+            config[Track::Audio as usize] = None;
+        }
         let extra =
             |p: Option<&SharedParams>| p.map(|p| p.extradata().to_vec()).unwrap_or_default();
         let extradata = [extra(setup.video.as_ref()), extra(setup.audio.as_ref())];
@@ -118,6 +126,7 @@ impl Output {
             inband_key: false,
             key_delay: 0,
             saved_headers: None,
+            adts,
         })
     }
 
@@ -190,6 +199,7 @@ impl Output {
         audio: Option<usize>,
     ) -> Result<Copied, String> {
         let stream_is = |p: Option<&SharedParams>, codec| p.is_some_and(|p| p.codec_id() == codec);
+        self.adts = false;
         let (v, conform_video) = match self.keep(input, video, Track::Video) {
             Ok(v) => (v, false),
             Err(_) if stream_is(self.setup.video.as_ref(), CodecId::H264) => (video, true),
@@ -286,8 +296,37 @@ impl Output {
                 want.codec_id()
             ));
         }
-        self.note_config(track, &SharedParams(p))?;
+        let p = SharedParams(p);
+        if track == Track::Audio && adts_framed(&p) {
+            // The configuration on air changes at this item's first ADTS header, if it differs.
+            self.adts = true;
+        } else {
+            self.note_config(track, &p)?;
+        }
         Ok(Some(i))
+    }
+
+    /// Copy mode: an audio packet as FLV carries it. The AAC of an item
+    /// without an AudioSpecificConfig is ADTS-framed (MPEG-TS): each header
+    /// is stripped, and the configuration it describes goes on air as the
+    /// AAC sequence header whenever it differs from the one there (the
+    /// first packet of the task or of the item). `None`: a frame cut short
+    /// at the end of a file, dropped. Other packets pass as they are.
+    pub fn raw_audio(&mut self, packet: ff::Packet) -> Result<Option<ff::Packet>, String> {
+        let Some(data) = packet.data().filter(|_| self.adts) else {
+            return Ok(Some(packet));
+        };
+        let Some((h, raw)) = adts::raw_frame(data)? else {
+            return Ok(None);
+        };
+        let asc = h.audio_specific_config();
+        let slot = Track::Audio as usize;
+        if self.extradata[slot] != asc {
+            self.config[slot] = frame::header(Track::Audio, CodecId::AAC, &asc)?;
+            self.extradata[slot] = asc.to_vec();
+        }
+        // Only the payload reaches the tag (`Frame::from_packet`): timing stays with the cut packet.
+        Ok(Some(ff::Packet::copy(raw)))
     }
 
     /// Sends a new sequence header for `track` from now on if `params`'
@@ -321,6 +360,12 @@ impl Output {
     pub async fn close(self, drain: bool) {
         futures_util::future::join_all(self.dests.into_iter().map(|d| d.close(drain))).await;
     }
+}
+
+/// AAC whose codec parameters carry no AudioSpecificConfig: its packets are
+/// ADTS-framed (MPEG-TS; docs/design/timeline.md, "Seams").
+fn adts_framed(p: &SharedParams) -> bool {
+    p.codec_id() == CodecId::AAC && p.extradata().is_empty()
 }
 
 /// Whether a source's streams can be copied into FLV as they are.

@@ -42,6 +42,8 @@ impl Pattern {
 pub enum Container {
     Mp4,
     Flv,
+    /// MPEG-TS: AAC ADTS-framed, no AudioSpecificConfig in the codec parameters.
+    Ts,
 }
 
 impl Container {
@@ -49,6 +51,7 @@ impl Container {
         match self {
             Container::Mp4 => "mp4",
             Container::Flv => "flv",
+            Container::Ts => "ts",
         }
     }
 }
@@ -223,6 +226,7 @@ impl MediaSpec {
                 a.extend(["-movflags", "+faststart", "-f", "mp4"].map(String::from));
             }
             Container::Flv => a.extend(["-f", "flv"].map(String::from)),
+            Container::Ts => a.extend(["-f", "mpegts"].map(String::from)),
         }
         a.push(out.to_str().expect("utf-8 path").into());
         a

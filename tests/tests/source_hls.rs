@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use vodfleet_tests::media::ffmpeg;
+use vodfleet_tests::probe::{audio_info, max_dts_gap, span};
 use vodfleet_tests::rtmp::free_port;
 use vodfleet_tests::{poll, unique, Media, Pattern, Recording, RtmpServer, Running, Worker};
 
@@ -124,6 +125,27 @@ fn assert_plays(url: &str, extra: Value, want_secs: f64, slack: f64) {
     );
     rec.assert_monotonic();
     rec.assert_decodes_cleanly();
+    assert_audio_follows_video(&rec);
+}
+
+/// The recording carries the source's AAC audio alongside its whole picture:
+/// MPEG-TS carries AAC ADTS-framed, which copy mode turns into raw frames and
+/// a sequence header (engine/src/media/adts.rs).
+fn assert_audio_follows_video(rec: &Recording) {
+    assert!(!rec.audio.is_empty(), "no audio: {}", rec.summary());
+    assert_eq!(audio_info(&rec.path).codec, "aac", "{}", rec.summary());
+    let (a, v) = (span(&rec.audio), rec.video_secs());
+    assert!(
+        (a - v).abs() <= 0.1,
+        "audio spans {a:.3} s, video {v:.3} s: {}",
+        rec.summary()
+    );
+    let (gap, at) = max_dts_gap(&rec.audio);
+    assert!(
+        gap < 0.1,
+        "audio gap of {gap:.3} s at {at:.3} s: {}",
+        rec.summary()
+    );
 }
 
 fn failed_item(url: &str) -> String {

@@ -7,6 +7,7 @@
 //! - libavformat writes nothing to the network: destinations are our own
 //!   FLV/RTMP writer (`vodfleet-rtmp`).
 
+pub mod adts;
 pub mod avio;
 pub mod demux;
 pub mod slate;

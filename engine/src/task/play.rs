@@ -522,12 +522,22 @@ impl Task {
                 .map_err(|c| self.seg_err(seg, p.pts, MediaError::new(Fault::Codec, c)))?;
             return self.send_all(o, pkts).await;
         }
+        let mut packet = p.data;
+        if p.track == Track::Audio {
+            // ADTS-framed AAC (MPEG-TS) goes on air raw, after its AudioSpecificConfig.
+            let raw = o
+                .raw_audio(packet)
+                .map_err(|c| self.seg_err(seg, p.pts, MediaError::new(Fault::Unsupported, c)))?;
+            let Some(raw) = raw else {
+                return Ok(());
+            };
+            packet = raw;
+        }
         let (opts, odts) = o.timeline.place(p.track, p.pts, p.dts, p.dur);
         o.last_dts[p.track as usize] = o.last_dts[p.track as usize].max(odts);
         if p.track == Track::Video && p.key {
             o.key_delay = p.pts - p.dts;
         }
-        let mut packet = p.data;
         if p.track == Track::Video && p.key && std::mem::take(&mut o.inband_key) {
             // The first keyframe after a slate names its SPS/PPS again (media/slate.rs).
             if let Some(with) =
