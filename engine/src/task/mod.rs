@@ -257,11 +257,17 @@ impl Task {
                         break End::Failed(e);
                     }
                     tracing::warn!(task.id = %self.spec.id, item, error = %e, "item failed; going on with the next");
+                    // Media errors name their item; a source's errors name only its URL
+                    // (one download may serve several items), so the event adds the item.
+                    let error = match &e {
+                        WorkerError::Media { .. } => e.to_string(),
+                        other => format!("item {item}: {other}"),
+                    };
                     let _ = self.events.send(Event::ItemFailed {
                         item,
                         loop_index: pass,
                         source: redact::source(&spec.url),
-                        error: e.to_string(),
+                        error,
                         error_kind: e.fault().as_str(),
                     });
                     last_error = Some(e);
