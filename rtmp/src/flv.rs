@@ -209,29 +209,69 @@ pub fn aac_frame(raw: &[u8]) -> Bytes {
     b.freeze()
 }
 
-/// The length of the ADTS header at the start of `data` (7, or 9 with CRC), if
-/// there is one: sync word, layer 0, and a frame length that fits the data.
-pub fn adts_header_len(data: &[u8]) -> Option<usize> {
-    if data.len() < 7 || data[0] != 0xFF || data[1] & 0xF6 != 0xF0 {
-        return None;
+/// The fields of one ADTS header (AAC as MPEG-TS carries it, without an
+/// AudioSpecificConfig in its codec parameters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdtsHeader {
+    /// MPEG-4 audio object type (ADTS profile + 1; 2 = AAC LC).
+    pub object_type: u8,
+    /// The sampling-frequency index (4 = 44.1 kHz, 3 = 48 kHz; 13–15 reserved).
+    pub freq_index: u8,
+    /// The channel configuration (0: a program config element says).
+    pub channels: u8,
+    /// Raw data blocks in the frame.
+    pub blocks: u8,
+    /// 7, or 9 with a CRC.
+    pub header_len: usize,
+    /// The whole frame, header included.
+    pub frame_len: usize,
+}
+
+impl AdtsHeader {
+    /// The header at the start of `data`, if there is one: sync word, layer 0,
+    /// a frame length at least the header's (the frame may not all be in `data`).
+    pub fn read(data: &[u8]) -> Option<AdtsHeader> {
+        if data.len() < 7 || data[0] != 0xFF || data[1] & 0xF6 != 0xF0 {
+            return None;
+        }
+        let header_len = if data[1] & 1 == 1 { 7 } else { 9 };
+        let frame_len = (usize::from(data[3] & 3) << 11)
+            | (usize::from(data[4]) << 3)
+            | usize::from(data[5] >> 5);
+        (frame_len >= header_len).then_some(AdtsHeader {
+            object_type: (data[2] >> 6) + 1,
+            freq_index: (data[2] >> 2) & 0x0F,
+            channels: ((data[2] & 1) << 2) | (data[3] >> 6),
+            blocks: (data[6] & 3) + 1,
+            header_len,
+            frame_len,
+        })
     }
-    let header = if data[1] & 1 == 1 { 7 } else { 9 };
-    let frame_len =
-        (usize::from(data[3] & 3) << 11) | (usize::from(data[4]) << 3) | usize::from(data[5] >> 5);
-    (frame_len >= header && frame_len <= data.len()).then_some(header)
+
+    /// The 2-byte AudioSpecificConfig this header describes (GASpecificConfig
+    /// with 1024-sample frames, no core coder, no extension), as FFmpeg's
+    /// `aac_adtstoasc` writes it.
+    pub fn audio_specific_config(&self) -> [u8; 2] {
+        [
+            self.object_type << 3 | self.freq_index >> 1,
+            (self.freq_index & 1) << 7 | self.channels << 3,
+        ]
+    }
+}
+
+/// The length of the ADTS header at the start of `data` (7, or 9 with CRC), if
+/// there is one and its whole frame is in `data`.
+pub fn adts_header_len(data: &[u8]) -> Option<usize> {
+    AdtsHeader::read(data)
+        .filter(|h| h.frame_len <= data.len())
+        .map(|h| h.header_len)
 }
 
 /// The 2-byte AudioSpecificConfig described by an ADTS header (for sources that
 /// carry ADTS without extradata).
 pub fn asc_from_adts(data: &[u8]) -> Option<[u8; 2]> {
     adts_header_len(data)?;
-    let object_type = (data[2] >> 6) + 1;
-    let freq_index = (data[2] >> 2) & 0x0F;
-    let channels = ((data[2] & 1) << 2) | (data[3] >> 6);
-    Some([
-        object_type << 3 | freq_index >> 1,
-        (freq_index & 1) << 7 | channels << 3,
-    ])
+    AdtsHeader::read(data).map(|h| h.audio_specific_config())
 }
 
 /// The audio tag body of one MP3 frame.

@@ -9,30 +9,9 @@
 //! bind `libavcodec/bsf.h`, and the header is 56 bits of fixed fields; pure
 //! code keeps the shard's event loop free of FFI for it.
 
-/// The fields of one ADTS header that copy mode needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
-    /// MPEG-4 audio object type (ADTS profile + 1; 2 = AAC LC).
-    pub object_type: u8,
-    pub freq_index: u8,
-    pub channels: u8,
-    /// 7, or 9 with a CRC.
-    pub header_len: usize,
-    /// The whole frame, header included.
-    pub frame_len: usize,
-}
-
-impl Header {
-    /// The 2-byte AudioSpecificConfig this header describes (GASpecificConfig
-    /// with 1024-sample frames, no core coder, no extension), as FFmpeg's
-    /// `aac_adtstoasc` writes it.
-    pub fn audio_specific_config(&self) -> [u8; 2] {
-        [
-            self.object_type << 3 | self.freq_index >> 1,
-            (self.freq_index & 1) << 7 | self.channels << 3,
-        ]
-    }
-}
+/// The header's fields are read by the FLV layer ([`vodfleet_rtmp::flv::AdtsHeader`]);
+/// what copy mode accepts of them is decided here.
+pub use vodfleet_rtmp::flv::AdtsHeader as Header;
 
 /// Whether `data` starts with an ADTS sync word (12 bits set).
 pub fn is_adts(data: &[u8]) -> bool {
@@ -50,38 +29,23 @@ pub fn parse(data: &[u8]) -> Result<Header, String> {
     if data[1] & 0x06 != 0 {
         return Err("ADTS header with a layer other than 0".into());
     }
-    let header_len = if data[1] & 1 == 1 { 7 } else { 9 };
-    let object_type = (data[2] >> 6) + 1;
-    let freq_index = (data[2] >> 2) & 0x0F;
-    let channels = ((data[2] & 1) << 2) | (data[3] >> 6);
-    let frame_len =
-        (usize::from(data[3] & 3) << 11) | (usize::from(data[4]) << 3) | usize::from(data[5] >> 5);
-    let blocks = usize::from(data[6] & 3) + 1;
-    if freq_index > 12 {
+    let h = Header::read(data).ok_or("ADTS frame length shorter than its header")?;
+    if h.freq_index > 12 {
         return Err(format!(
-            "ADTS sampling frequency index {freq_index} is reserved"
+            "ADTS sampling frequency index {} is reserved",
+            h.freq_index
         ));
     }
-    if channels == 0 {
+    if h.channels == 0 {
         return Err("ADTS channel configuration 0 (a program config element) is not supported in copy mode; add fops to transcode".into());
     }
-    if blocks > 1 {
+    if h.blocks > 1 {
         return Err(format!(
-            "ADTS frames with {blocks} raw data blocks are not supported in copy mode; add fops to transcode"
+            "ADTS frames with {} raw data blocks are not supported in copy mode; add fops to transcode",
+            h.blocks
         ));
     }
-    if frame_len < header_len {
-        return Err(format!(
-            "ADTS frame length {frame_len} is shorter than its header"
-        ));
-    }
-    Ok(Header {
-        object_type,
-        freq_index,
-        channels,
-        header_len,
-        frame_len,
-    })
+    Ok(h)
 }
 
 /// The raw AAC frame of one ADTS-framed packet and its header; `None` for a
