@@ -70,6 +70,10 @@ fn assert_plays_timed(
     let mut w = Worker::play(task(src, &rtmp, &key), env);
     let on_air = first_packet_at(&rtmp, &key, Duration::from_secs(60))
         .unwrap_or_else(|| panic!("never on air\n{}", w.report()));
+    eprintln!(
+        "on air {} ms after the worker started",
+        (on_air - started).as_millis()
+    );
     let status = w.wait_exit(Duration::from_secs(90));
     assert_eq!(status.code(), Some(0), "worker failed\n{}", w.report());
     assert!(w.events_named("item_failed").is_empty(), "{}", w.report());
@@ -131,6 +135,21 @@ fn a_relofftime_range_of_an_authenticated_pull_plays_h264_and_aac() {
     // 2–6 s of the pull: 4 s, from the keyframe at or before 2 s (GOP 1 s).
     let w = assert_plays(json!([{"url": url, "relofftime": "2-6"}]), 4.0, 1.1, &[]);
     w.assert_not_printed(PASSWORD);
+}
+
+#[test]
+fn two_ranges_of_one_pull_play_in_turn_the_second_once_the_pull_gets_there() {
+    let server = RtspServer::start(&RtspOptions::default());
+    // 0–2 s, then 5–7 s from the keyframe at or before 5 s (GOP 1 s): the
+    // second range's start is ahead of the pull when the first ends, and the
+    // task waits for it (covered by the slate if long) before seeking.
+    let w = assert_plays(
+        json!([{"url": server.url(None), "relofftime": "0-2;5-7"}]),
+        4.0,
+        1.1,
+        &[],
+    );
+    assert!(w.events_named("item_failed").is_empty(), "{}", w.report());
 }
 
 #[test]

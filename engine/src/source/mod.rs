@@ -172,6 +172,17 @@ impl Sources {
         ))
     }
 
+    /// Waits until the source `url` holds the item's media at `from_ms` (ms
+    /// of the item), where a cut's seek reads forward to: at once but for an
+    /// `rtsp://` pull, which may not have got there yet (the seek would block
+    /// its task's thread until it did; docs/design/sources.md, "RTSP").
+    pub async fn holds(&self, url: &str, from_ms: u64) {
+        let pulling = lock(&self.pulls).get(url).cloned();
+        if let Some(p) = pulling {
+            p.holds(from_ms, &self.cancel).await;
+        }
+    }
+
     /// The task's pull of `url`, started on first use (an open or a prefetch).
     fn rtsp_pull(&self, url: &str) -> Result<Arc<rtsp::Pulling>, WorkerError> {
         let mut pulls = lock(&self.pulls);

@@ -181,6 +181,12 @@ impl Task {
                 // The keyframe at or before the cut: copy mode starts there, transcode mode
                 // decodes from there. An estimated resume point takes the nearest keyframe.
                 let mut target = seg.start;
+                // A source still arriving (an RTSP pull) first holds the cut's start:
+                // the seek reads forward to it on this thread (docs/design/sources.md, "RTSP").
+                let sources = self.sources.clone();
+                let holds = sources.holds(&spec.url, r.start_ms);
+                self.waiting(Some(&mut *o), Wait::Read, (item, pass), holds)
+                    .await?;
                 let (input, _) = self
                     .waiting(Some(&mut *o), Wait::Read, (item, pass), reader.input())
                     .await?;

@@ -233,22 +233,8 @@ impl Pulling {
         cancel: &CancellationToken,
     ) -> Result<(), Arc<WorkerError>> {
         let ahead = (cfg.initial_burst + Duration::from_millis(READY_AHEAD_MS)).as_millis() as u64;
-        let mut rx = self.progress.clone();
-        let ready = |p: &Progress| {
-            if p.over {
-                return true;
-            }
-            let (Some(start), Some(first)) = (p.started_unix_ms, p.first_ms) else {
-                return false;
-            };
-            let from = first + limits.from(&self.url, start);
-            p.max_ms >= from + ahead && (from == first || p.last_key_ms.is_some_and(|k| k > from))
-        };
-        let waited = tokio::select! {
-            r = rx.wait_for(ready) => r.map(|p| p.clone()).ok(),
-            _ = cancel.cancelled() => None,
-        };
-        match waited {
+        let from = |p: &Progress| p.started_unix_ms.map(|s| limits.from(&self.url, s));
+        match self.wait(from, ahead, cancel).await {
             Some(p) => match p.failed {
                 // Nothing to play: the pull's error is the item's.
                 Some(e) if p.first_ms.is_none() => Err(e),
@@ -263,6 +249,38 @@ impl Pulling {
                 kind: ErrorKind::Fail,
                 fault: Fault::Local,
             })),
+        }
+    }
+
+    /// Waits until the pull holds a keyframe past `from_ms` (ms of the
+    /// item's own time), where a cut's seek reads forward to, or is over.
+    pub async fn holds(&self, from_ms: u64, cancel: &CancellationToken) {
+        self.wait(|_| Some(from_ms), 0, cancel).await;
+    }
+
+    /// Waits until the pull holds a keyframe past `from` (ms after its first
+    /// tag; 0: the first keyframe) and `ahead` ms of media past that, or is
+    /// over; `None` if `cancel` ended the wait.
+    async fn wait(
+        &self,
+        from: impl Fn(&Progress) -> Option<u64>,
+        ahead: u64,
+        cancel: &CancellationToken,
+    ) -> Option<Progress> {
+        let mut rx = self.progress.clone();
+        let ready = |p: &Progress| {
+            if p.over {
+                return true;
+            }
+            let (Some(from), Some(first)) = (from(p), p.first_ms) else {
+                return false;
+            };
+            let from = first + from;
+            p.max_ms >= from + ahead && (from == first || p.last_key_ms.is_some_and(|k| k > from))
+        };
+        tokio::select! {
+            r = rx.wait_for(ready) => r.map(|p| p.clone()).ok(),
+            _ = cancel.cancelled() => None,
         }
     }
 
