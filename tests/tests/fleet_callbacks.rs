@@ -193,17 +193,22 @@ fn a_failed_item_is_a_file_failed_warning_and_the_task_goes_on() {
 
 /// A task the worker cannot even set up (its cache directory cannot be made)
 /// fails like any other: a `failed` callback naming the reason, and the task
-/// `failed` in the coordinator, not left leased or silent.
+/// `failed` in the coordinator, not left leased or silent. (A cache directory
+/// that is unusable when the worker starts stops the worker at once, naming
+/// `VODFLEET_CACHE_DIR`: the shared source cache lives there. Here it goes bad
+/// afterwards.)
 #[test]
 fn a_task_the_worker_cannot_set_up_fails_with_a_callback() {
     let mut fleet = Fleet::start(FleetOptions {
         workers: 0,
         ..FleetOptions::default()
     });
-    // A regular file where the cache directory should be.
-    let not_a_dir = tempfile::NamedTempFile::new().expect("temp file");
-    let path = not_a_dir.path().to_str().expect("utf-8 path").to_owned();
+    let cache = tempfile::tempdir().expect("temp dir");
+    let path = cache.path().to_str().expect("utf-8 path").to_owned();
     fleet.add_worker_with(&[("VODFLEET_CACHE_DIR", &path)]);
+    // Then a regular file where the cache directory was.
+    std::fs::remove_dir_all(cache.path()).expect("remove the cache directory");
+    std::fs::write(cache.path(), b"not a directory").expect("write a file in its place");
     let rx = CallbackReceiver::start(vec![], Answer::new(200, "ok"));
     let producer = fleet.producer();
     let clip = tagged_counter(4.0, 1);
@@ -235,4 +240,6 @@ fn a_task_the_worker_cannot_set_up_fails_with_a_callback() {
         "the task ends failed\n{}",
         fleet.reports()
     );
+    // TempDir's own clean-up removes directories only.
+    let _ = std::fs::remove_file(cache.path());
 }
