@@ -12,8 +12,10 @@ use serde_json::json;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-use vodfleet_tests::media::{ffmpeg, ffprobe};
-use vodfleet_tests::probe::{audio_info, max_dts_gap, span, video_info};
+use vodfleet_tests::media::ffprobe;
+use vodfleet_tests::probe::{
+    audio_info, audio_parameters, max_dts_gap, picture_sizes, span, video_info,
+};
 use vodfleet_tests::{unique, Container, Media, MediaSpec, Recording, RtmpServer, Worker};
 
 #[test]
@@ -67,54 +69,6 @@ fn mp3_after_aac_in_copy_mode_is_conformed_to_aac_in_one_session() {
     );
     rec.assert_monotonic();
     rec.assert_decodes_cleanly();
-}
-
-/// Folds repeats: what a player's decoder saw change across the seams, in order.
-fn runs(values: impl Iterator<Item = String>) -> Vec<String> {
-    let mut runs: Vec<String> = Vec::new();
-    for v in values {
-        if !v.is_empty() && runs.last() != Some(&v) {
-            runs.push(v);
-        }
-    }
-    runs
-}
-
-/// "W,H" of every decoded video frame, repeats folded.
-fn picture_sizes(path: &Path) -> Vec<String> {
-    let out = Command::new(ffprobe())
-        .args(["-v", "error", "-select_streams", "v", "-show_entries"])
-        .args(["frame=width,height", "-of", "csv=p=0"])
-        .arg(path)
-        .output()
-        .unwrap_or_else(|e| panic!("run ffprobe: {e}"));
-    let text = String::from_utf8_lossy(&out.stdout);
-    runs(
-        text.lines()
-            .map(|l| l.trim().trim_end_matches(',').to_owned()),
-    )
-}
-
-/// "RATE,CHANNELS" of every decoded audio frame, repeats folded (ffprobe 5.1
-/// does not print a frame's sample rate; `ashowinfo` after the decoder does).
-fn audio_parameters(path: &Path) -> Vec<String> {
-    let out = Command::new(ffmpeg())
-        .args(["-hide_banner", "-nostdin", "-nostats", "-v", "info", "-i"])
-        .arg(path)
-        .args(["-map", "0:a", "-af", "ashowinfo", "-f", "null", "-"])
-        .output()
-        .unwrap_or_else(|e| panic!("run ffmpeg: {e}"));
-    let text = String::from_utf8_lossy(&out.stderr);
-    let field = |line: &str, name: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(name).map(str::to_owned))
-            .unwrap_or_default()
-    };
-    runs(
-        text.lines()
-            .filter(|l| l.contains("Parsed_ashowinfo"))
-            .map(|l| format!("{},{}", field(l, "rate:"), field(l, "channels:"))),
-    )
 }
 
 /// Plays `items` in copy mode into one stream and returns its recording and

@@ -6,11 +6,8 @@
 //! stays one session whose every audio frame decodes at its item's parameters.
 
 use serde_json::json;
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
-use vodfleet_tests::media::ffmpeg;
-use vodfleet_tests::probe::{audio_info, max_dts_gap, span};
+use vodfleet_tests::probe::{audio_info, audio_parameters, max_dts_gap, span};
 use vodfleet_tests::{unique, Container, Media, MediaSpec, Recording, RtmpServer, Worker};
 
 /// Plays `items` in copy mode into one stream: no item failed, one publish
@@ -51,31 +48,6 @@ fn play_copy(items: &[&Media], secs: f64) -> (RtmpServer, Recording) {
     rec.assert_monotonic();
     rec.assert_decodes_cleanly();
     (rtmp, rec)
-}
-
-/// "RATE,CHANNELS" of every decoded audio frame, repeats folded (ffprobe 5.1
-/// does not print a frame's sample rate; `ashowinfo` after the decoder does).
-fn audio_parameters(path: &Path) -> Vec<String> {
-    let out = Command::new(ffmpeg())
-        .args(["-hide_banner", "-nostdin", "-nostats", "-v", "info", "-i"])
-        .arg(path)
-        .args(["-map", "0:a", "-af", "ashowinfo", "-f", "null", "-"])
-        .output()
-        .unwrap_or_else(|e| panic!("run ffmpeg: {e}"));
-    let text = String::from_utf8_lossy(&out.stderr);
-    let field = |line: &str, name: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(name).map(str::to_owned))
-            .unwrap_or_default()
-    };
-    let mut runs: Vec<String> = Vec::new();
-    for l in text.lines().filter(|l| l.contains("Parsed_ashowinfo")) {
-        let v = format!("{},{}", field(l, "rate:"), field(l, "channels:"));
-        if runs.last() != Some(&v) {
-            runs.push(v);
-        }
-    }
-    runs
 }
 
 #[test]
