@@ -50,6 +50,11 @@ pub struct Ctx {
     /// When this coordinator last handled a heartbeat that came over RabbitMQ
     /// (Unix ms, 0: never): whether the broker carries heartbeats at all.
     pub amqp_beat_ms: std::sync::atomic::AtomicU64,
+    /// Renewals this replica has in flight to Redis, over every heartbeat
+    /// being handled ([`crate::lease::RENEWALS_IN_FLIGHT`] permits): what a
+    /// burst of heartbeats holds in memory stays the same at 1,000 or 20,000
+    /// tasks (docs/CAPACITY.md).
+    pub renewals: tokio::sync::Semaphore,
 }
 
 pub fn now_ms() -> u64 {

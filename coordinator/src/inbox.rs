@@ -19,9 +19,9 @@ use vodfleet_bus::lapin::message::Delivery;
 use vodfleet_bus::lapin::options::BasicAckOptions;
 use vodfleet_proto::fleet::WorkerMessage;
 
-/// Workers whose messages are handled at the same time. Each heartbeat keeps
-/// up to 256 renewals in flight on the one multiplexed Redis connection, so
-/// this is the bound on what one replica asks of Redis at once, not a thread count.
+/// Workers whose messages are handled at the same time (not a thread count).
+/// Their heartbeats' renewals share [`crate::lease::RENEWALS_IN_FLIGHT`]:
+/// that, not this, bounds what one replica asks of Redis at once.
 pub const AT_ONCE: usize = 64;
 
 /// The events consumer's prefetch: how many deliveries a replica holds at

@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
         callbacks,
         unsent: Default::default(),
         amqp_beat_ms: Default::default(),
+        renewals: tokio::sync::Semaphore::new(lease::RENEWALS_IN_FLIGHT),
     });
 
     tracker.spawn(supervise_bus(ctx.clone(), tracker.clone(), cancel.clone()));

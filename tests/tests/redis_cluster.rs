@@ -191,3 +191,115 @@ fn a_killed_master_is_replaced_by_its_replica_and_the_lease_goes_on() {
         .wait_unpublished(second.task.key(), Duration::from_secs(15));
     assert_eq!(fleet.redis.cluster().task_count(), 2);
 }
+
+/// A heartbeat's renewals go out as one pipeline per master
+/// (coordinator/src/store/renew.rs). On the cluster: every task, on every
+/// master, is renewed and its deadline written to the index; a wrong epoch is
+/// revoked and an unknown task reported; a renewal whose index entry is
+/// still far enough ahead leaves it where it is, the next one moves it. With
+/// no slot map (before its first read, or stale after a failover) the mixed
+/// pipeline is refused with MOVED and the renewals go one by one, with the
+/// same outcome, and the map is read again.
+#[test]
+fn a_heartbeats_renewals_reach_every_master_with_or_without_the_slot_map() {
+    use vodfleet_coordinator::store::{Renewal, Store};
+    use vodfleet_proto::fleet::TaskBeat;
+    use vodfleet_proto::Position;
+    use vodfleet_tests::fleet::{now_ms, seed};
+
+    const TTL: u64 = 10_000;
+    let cluster = vodfleet_tests::fleet::redis_cluster::RedisCluster::start();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let store = rt
+        .block_on(Store::connect_cluster(&cluster.seeds()))
+        .expect("connects to the cluster");
+    let fwd = vec!["rtmp://127.0.0.1:1/live/k".to_owned()];
+    let src = vec!["vod://a.mp4".to_owned()];
+    let now = now_ms();
+    let mut beats = Vec::new();
+    for i in 0..60 {
+        let id = format!("pipelined-{i}");
+        let body = serde_json::to_vec(&seed::start(&id, &src, &fwd, 0)).expect("json");
+        let cmd = vodfleet_proto::parse_command(&body).expect("a seed start command");
+        let started = rt
+            .block_on(store.start(&cmd.tasks[0], None, now, TTL, false, None, "m"))
+            .expect("started");
+        beats.push(TaskBeat {
+            task_id: id,
+            epoch: started.epoch,
+            position: Position::default(),
+            destinations: Vec::new(),
+        });
+    }
+    let masters: std::collections::BTreeSet<u16> = beats
+        .iter()
+        .map(|b| cluster.master_of(&keys::task(&b.task_id)))
+        .collect();
+    assert_eq!(masters.len(), 3, "the tasks span every master");
+    let mut all = beats.clone();
+    all.push(TaskBeat {
+        epoch: beats[0].epoch + 1,
+        ..beats[0].clone()
+    });
+    all.push(TaskBeat {
+        task_id: "pipelined-never-started".into(),
+        ..beats[0].clone()
+    });
+    let due = |id: &str| -> Option<u64> { cluster.query(&["ZSCORE", &keys::due_of(id), id]) };
+    let lease_until = |id: &str| -> u64 {
+        cluster.hgetall(&keys::task(id))["lease_until"]
+            .parse()
+            .expect("a number")
+    };
+
+    let at = now + 100;
+    let r = rt
+        .block_on(store.renew_all(&all, "w1", at, TTL))
+        .expect("renewed");
+    assert!(r[..60].iter().all(|r| *r == Renewal::Renewed), "{r:?}");
+    assert_eq!(r[60], Renewal::Revoked, "a wrong epoch is revoked");
+    assert_eq!(r[61], Renewal::Unknown);
+    assert_eq!(store.renewals_one_by_one(), 0, "pipelined per master");
+    for b in &beats {
+        let rec = cluster.hgetall(&keys::task(&b.task_id));
+        assert_eq!(rec["state"], "running", "{rec:?}");
+        assert_eq!(rec["worker"], "w1");
+        assert_eq!(lease_until(&b.task_id), at + TTL);
+        assert_eq!(due(&b.task_id), Some(at + TTL), "deadline in the index");
+    }
+
+    // 2 s later: the lease moves, the index entry (8 s ahead) stays.
+    let r = rt
+        .block_on(store.renew_all(&beats, "w1", at + 2_000, TTL))
+        .expect("renewed");
+    assert!(r.iter().all(|r| *r == Renewal::Renewed), "{r:?}");
+    for b in &beats {
+        assert_eq!(lease_until(&b.task_id), at + 2_000 + TTL);
+        assert_eq!(due(&b.task_id), Some(at + TTL), "not moved yet");
+    }
+    // 6 s later the entry is less than TTL/2 ahead: moved.
+    rt.block_on(store.renew_all(&beats, "w1", at + 6_000, TTL))
+        .expect("renewed");
+    for b in &beats {
+        assert_eq!(due(&b.task_id), Some(at + 6_000 + TTL), "moved");
+    }
+
+    // No slot map: one by one, same outcome; then the map is back.
+    store.forget_slot_map();
+    let r = rt
+        .block_on(store.renew_all(&all, "w1", at + 7_000, TTL))
+        .expect("renewed one by one");
+    assert!(r[..60].iter().all(|r| *r == Renewal::Renewed), "{r:?}");
+    assert_eq!((&r[60], &r[61]), (&Renewal::Revoked, &Renewal::Unknown));
+    assert!(
+        store.renewals_one_by_one() > 0,
+        "the mixed pipeline was refused"
+    );
+    for b in &beats {
+        assert_eq!(lease_until(&b.task_id), at + 7_000 + TTL);
+    }
+    let before = store.renewals_one_by_one();
+    rt.block_on(store.renew_all(&beats, "w1", at + 8_000, TTL))
+        .expect("renewed");
+    assert_eq!(store.renewals_one_by_one(), before, "pipelined again");
+}

@@ -9,21 +9,25 @@
 //! Submodules: `scripts` (the Lua scripts), `transition` (the calls that run
 //! them: start, issue, renew, release, finish, stop, set_spec, reclaim),
 //! `record` (a task's live and resume records), `due` (the deadline index),
-//! `applied` (which command last changed a task), `view` (what the API shows),
+//! `renew` (a heartbeat's renewals, pipelined per master), `slots` (which
+//! cluster master holds a key), `applied` (which command last changed a task),
+//! `view` (what the API shows),
 //! `page` (the paged listing), `migrate` (the unsharded indexes of before).
 //!
 //! The store runs on one Redis or on a Redis Cluster ([`Conn`]) through the same
 //! code: no command or script touches keys of two slots. The indexes are
 //! sharded into `keys::GROUPS` groups (docs/design/fleet.md "Redis"), and
-//! reads over several tasks are issued per key, concurrently, never as one
-//! pipeline.
+//! reads over several tasks are issued per key, concurrently; the one
+//! pipeline over several tasks, a heartbeat's renewals, is split by master.
 
 mod applied;
 mod due;
 mod migrate;
 mod page;
 mod record;
+mod renew;
 mod scripts;
+mod slots;
 mod transition;
 mod view;
 
@@ -148,6 +152,10 @@ pub struct Store {
     conn: Conn,
     /// The index group the reaper's next pass starts at (round-robin).
     next_group: Arc<AtomicU32>,
+    /// Which master holds which slots (a Redis Cluster; empty on one Redis).
+    slots: Arc<std::sync::RwLock<slots::SlotMap>>,
+    /// Renewals sent one by one after their pipeline failed ([`Store::renewals_one_by_one`]).
+    one_by_one: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn json<T: Serialize>(v: &T) -> String {
@@ -179,7 +187,9 @@ impl Store {
             .response_timeout(std::time::Duration::from_secs(5))
             .build()?;
         let conn = client.get_async_connection().await?;
-        Ok(Store::with(Conn::Cluster(conn)))
+        let store = Store::with(Conn::Cluster(conn));
+        store.refresh_slots().await;
+        Ok(store)
     }
 
     /// Connects as the configuration says: a cluster when `cluster` is set.
@@ -195,6 +205,8 @@ impl Store {
         Store {
             conn,
             next_group: Arc::new(AtomicU32::new(0)),
+            slots: Default::default(),
+            one_by_one: Default::default(),
         }
     }
 

@@ -78,19 +78,33 @@ script!(
     RENEW,
     r#"
 -- KEYS[1] task. ARGV: epoch, worker, now, ttl, position, destinations
-if redis.call('EXISTS', KEYS[1]) == 0 then return 'unknown' end
-local st = redis.call('HGET', KEYS[1], 'state')
-if tonumber(redis.call('HGET', KEYS[1], 'epoch')) ~= tonumber(ARGV[1]) or (st ~= 'leased' and st ~= 'running') then
+-- Returns 'unknown', 'revoked', or 'renewed:N': N > 0 is the task's next
+-- deadline, which the caller writes into the deadline index; N = 0 means the
+-- index already holds one at least ttl/2 ahead (field due_ms), which stays
+-- correct because a deadline only moves later (docs/design/fleet.md "Redis").
+local f = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'worker', 'end_ms', 'due_ms')
+local st = f[1]
+if not st then return 'unknown' end
+if tonumber(f[2]) ~= tonumber(ARGV[1]) or (st ~= 'leased' and st ~= 'running') then
   return 'revoked'
 end
 -- One holder per epoch: the first worker to report it takes the lease; another
 -- worker claiming the same epoch (a redelivered order) is turned away.
-local holder = redis.call('HGET', KEYS[1], 'worker') or ''
+local holder = f[3] or ''
 if holder ~= '' and holder ~= ARGV[2] then return 'revoked' end
-local now = tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[2], 'lease_until', now + tonumber(ARGV[4]),
-  'position', ARGV[5], 'destinations', ARGV[6], 'beat_ms', now, 'updated_ms', now)
-return 'renewed:' .. (redis.call('HGET', KEYS[1], 'end_ms') or '0')
+local now, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
+local next_ms = now + ttl
+local end_ms = tonumber(f[4] or '0') or 0
+if end_ms > 0 and end_ms < next_ms then next_ms = end_ms end
+local due = tonumber(f[5] or '0') or 0
+local tell = 0
+if due == 0 or next_ms < due or due - now < ttl / 2 then
+  tell = next_ms
+  due = next_ms
+end
+redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[2], 'lease_until', now + ttl,
+  'position', ARGV[5], 'destinations', ARGV[6], 'beat_ms', now, 'updated_ms', now, 'due_ms', due)
+return 'renewed:' .. tell
 "#
 );
 

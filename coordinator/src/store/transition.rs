@@ -1,9 +1,9 @@
 //! Task transitions: each runs its Lua script, then keeps the `due` index and
 //! the `tasks` set in step.
 
-use super::scripts::{FINISH, ISSUE, RECLAIM, RELEASE, RENEW, SET_SPEC, START, STOP};
+use super::scripts::{FINISH, ISSUE, RECLAIM, RELEASE, SET_SPEC, START, STOP};
 use super::{json, Result, Store};
-use vodfleet_proto::fleet::{keys, DestinationState};
+use vodfleet_proto::fleet::keys;
 use vodfleet_proto::{Position, TaskSpec};
 
 /// What a start (cmd 1 / cmd 5) replaced.
@@ -140,41 +140,6 @@ impl Store {
             callback: (!callback.is_empty()).then_some(callback),
             was,
         }))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub async fn renew(
-        &self,
-        id: &str,
-        epoch: u64,
-        worker: &str,
-        now: u64,
-        ttl: u64,
-        position: &Position,
-        dests: &[DestinationState],
-    ) -> Result<Renewal> {
-        let mut c = self.conn.clone();
-        let r: String = RENEW
-            .key(keys::task(id))
-            .arg(epoch)
-            .arg(worker)
-            .arg(now)
-            .arg(ttl)
-            .arg(json(position))
-            .arg(json(&dests))
-            .invoke_async(&mut c)
-            .await?;
-        Ok(match r.split_once(':') {
-            Some(("renewed", end)) => {
-                // The next deadline: lease expiry, or the end time if sooner.
-                let end: u64 = end.parse().unwrap_or(0);
-                self.schedule(id, (now + ttl).min(if end > 0 { end } else { u64::MAX }))
-                    .await?;
-                Renewal::Renewed
-            }
-            _ if r == "unknown" => Renewal::Unknown,
-            _ => Renewal::Revoked,
-        })
     }
 
     pub async fn release(
