@@ -37,6 +37,10 @@ async fn main() -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let metrics = Arc::new(metrics::Metrics::new());
     let store = connect_store(&cfg, &metrics, &cancel).await?;
+    metrics
+        .registry
+        .register(Box::new(store.unpipelined()))
+        .context("registering the store's metrics")?;
     let callbacks = callback::Callbacks::spawn(
         metrics.clone(),
         cfg.callback_key.clone(),

@@ -259,7 +259,7 @@ fn a_heartbeats_renewals_reach_every_master_with_or_without_the_slot_map() {
     assert!(r[..60].iter().all(|r| *r == Renewal::Renewed), "{r:?}");
     assert_eq!(r[60], Renewal::Revoked, "a wrong epoch is revoked");
     assert_eq!(r[61], Renewal::Unknown);
-    assert_eq!(store.renewals_one_by_one(), 0, "pipelined per master");
+    assert_eq!(store.unpipelined().get(), 0, "pipelined per master");
     for b in &beats {
         let rec = cluster.hgetall(&keys::task(&b.task_id));
         assert_eq!(rec["state"], "running", "{rec:?}");
@@ -292,14 +292,14 @@ fn a_heartbeats_renewals_reach_every_master_with_or_without_the_slot_map() {
     assert!(r[..60].iter().all(|r| *r == Renewal::Renewed), "{r:?}");
     assert_eq!((&r[60], &r[61]), (&Renewal::Revoked, &Renewal::Unknown));
     assert!(
-        store.renewals_one_by_one() > 0,
+        store.unpipelined().get() > 0,
         "the mixed pipeline was refused"
     );
     for b in &beats {
         assert_eq!(lease_until(&b.task_id), at + 7_000 + TTL);
     }
-    let before = store.renewals_one_by_one();
+    let before = store.unpipelined().get();
     rt.block_on(store.renew_all(&beats, "w1", at + 8_000, TTL))
         .expect("renewed");
-    assert_eq!(store.renewals_one_by_one(), before, "pipelined again");
+    assert_eq!(store.unpipelined().get(), before, "pipelined again");
 }

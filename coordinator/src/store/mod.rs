@@ -154,8 +154,9 @@ pub struct Store {
     next_group: Arc<AtomicU32>,
     /// Which master holds which slots (a Redis Cluster; empty on one Redis).
     slots: Arc<std::sync::RwLock<slots::SlotMap>>,
-    /// Renewals sent one by one after their pipeline failed ([`Store::renewals_one_by_one`]).
-    one_by_one: Arc<std::sync::atomic::AtomicU64>,
+    /// Renewals sent one by one after their pipeline failed
+    /// (`vodfleet_renewals_unpipelined_total`, [`Store::unpipelined`]).
+    one_by_one: prometheus::IntCounter,
 }
 
 fn json<T: Serialize>(v: &T) -> String {
@@ -206,7 +207,11 @@ impl Store {
             conn,
             next_group: Arc::new(AtomicU32::new(0)),
             slots: Default::default(),
-            one_by_one: Default::default(),
+            one_by_one: prometheus::IntCounter::new(
+                "vodfleet_renewals_unpipelined_total",
+                "Lease renewals sent one by one because their pipeline failed (a slot moved, a Redis Cluster failover)",
+            )
+            .expect("valid metric"),
         }
     }
 

@@ -199,8 +199,7 @@ impl Store {
             return Ok(replies.iter().map(|r| parse_reply(r, now, ttl)).collect());
         }
         // One by one: redirects followed, scripts loaded, failovers waited out.
-        self.one_by_one
-            .fetch_add(group.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.one_by_one.inc_by(group.len() as u64);
         self.refresh_slots().await;
         let mut out = Vec::with_capacity(group.len());
         for &i in group {
@@ -245,9 +244,10 @@ impl Store {
         *self.slots.write().unwrap_or_else(|p| p.into_inner()) = SlotMap::default();
     }
 
-    /// Renewals that went one by one because their pipeline failed, since start.
-    pub fn renewals_one_by_one(&self) -> u64 {
-        self.one_by_one.load(std::sync::atomic::Ordering::Relaxed)
+    /// Renewals that went one by one because their pipeline failed, since
+    /// start: a counter for the coordinator's registry (shares its value).
+    pub fn unpipelined(&self) -> prometheus::IntCounter {
+        self.one_by_one.clone()
     }
 
     /// Reads the cluster's slot map again, unless it was read in the last second.
