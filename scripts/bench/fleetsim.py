@@ -18,7 +18,9 @@ What it does
      --cluster-enabled yes` on free ports, `redis-cli --cluster create
      --cluster-replicas 1`, as tests/src/fleet/redis_cluster.rs makes one; the
      coordinators then get VODFLEET_REDIS_CLUSTER=true and the six seed nodes
-     in VODFLEET_REDIS_URL), a RabbitMQ node of its own
+     in VODFLEET_REDIS_URL; --redis single-replica adds one `--replicaof` replica
+     to the single redis-server, the like-for-like baseline for a cluster
+     whose masters each have a replica), a RabbitMQ node of its own
      (--broker private, default: own node name, ports, HOME/cookie, empty
      RABBITMQ_CONF_ENV_FILE, own config file; the way tests/src/fleet/rabbit.rs
      RabbitNode does it) or a private vhost on the machine's broker
@@ -249,12 +251,16 @@ class Redis:
             pass
 
 
-def start_redis(workdir, binary):
+def start_redis(workdir, binary, replica_of=None):
+    """One redis-server; with replica_of (a port), a replica of that one."""
+    name = "redis-replica" if replica_of else "redis"
     for _ in range(5):
         port = free_port()
+        extra = ["--replicaof", "127.0.0.1", str(replica_of)] if replica_of else []
         p = spawn([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                   "--appendonly", "no", "--daemonize", "no", "--dir", workdir],
-                  os.path.join(workdir, "redis.log"))
+                   "--appendonly", "no", "--daemonize", "no", "--dir", workdir,
+                   "--dbfilename", f"{name}.rdb"] + extra,
+                  os.path.join(workdir, f"{name}.log"))
         try:
             wait_for("redis PING", lambda: port_open(port) and Redis(port).cmd("PING") == "PONG", 10)
             return p, port
@@ -515,7 +521,7 @@ class Sampler:
 COORD_METRICS = ("vodfleet_heartbeats_total", "vodfleet_heartbeat_age_seconds",
                  "vodfleet_http_heartbeats_total", "vodfleet_leases_expired_total",
                  "vodfleet_failovers_total", "vodfleet_leases_issued_total",
-                 "vodfleet_heartbeats_superseded_total", "vodfleet_orders_unclaimed_total",
+                 "vodfleet_heartbeats_superseded_total", "vodfleet_renewals_unpipelined_total", "vodfleet_orders_unclaimed_total",
                  "vodfleet_leases_reissued_total")
 
 
@@ -581,8 +587,10 @@ def main():
     ap.add_argument("--sample-every", type=float, default=10.0)
     ap.add_argument("--coordinators", type=int, default=2)
     ap.add_argument("--broker", choices=("private", "vhost"), default="private")
-    ap.add_argument("--redis", choices=("single", "cluster"), default="single",
-                    help="one redis-server, or a Redis Cluster of 3 masters + 3 replicas")
+    ap.add_argument("--redis", choices=("single", "single-replica", "cluster"), default="single",
+                    help="one redis-server, the same with one replica (what a single Redis needs "
+                         "to fail over, for a like-for-like comparison with the cluster's replicas), "
+                         "or a Redis Cluster of 3 masters + 3 replicas")
     ap.add_argument("--lease-ttl-ms", type=int, default=10000)
     ap.add_argument("--heartbeat-ms", type=int, default=2000)
     ap.add_argument("--publishers", type=int, default=4, help="vodctl processes at once")
@@ -610,7 +618,7 @@ def main():
     date = dt.datetime.now(dt.timezone.utc)
     out = args.out or os.path.join(ROOT, "scripts", "bench", "results",
                                    f"{date:%Y-%m-%d}-fleetsim-{args.workers}x{args.tasks}"
-                                   f"{'-cluster' if args.redis == 'cluster' else ''}.json")
+                                   f"{'' if args.redis == 'single' else '-' + args.redis}.json")
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     res = {"benchmark": "fleetsim", "date": date.isoformat(timespec="seconds"),
@@ -662,6 +670,13 @@ def run(args, res, bins, workdir, steps, total):
         redis_ports, redis_pids = [redis_port], {"redis": redis.pid}
         redis_url = f"redis://127.0.0.1:{redis_port}/"
         log(f"redis on :{redis_port}")
+        if args.redis == "single-replica":
+            replica, replica_port = start_redis(workdir, args.redis_server, replica_of=redis_port)
+            wait_for("replica in sync",
+                     lambda: redis_info(replica_port).get("master_link_status") == "up", 30)
+            redis_ports.append(replica_port)
+            redis_pids["redis-replica"] = replica.pid
+            log(f"its replica on :{replica_port}")
     if args.broker == "private":
         rabbit, amqp, node = start_rabbit_node(workdir, args.rabbitmq_bin_dir)
         beam = wait_for("beam.smp of the private node", lambda: beam_pid(node), 30)

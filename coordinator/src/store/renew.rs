@@ -8,10 +8,13 @@
 //! pipeline per master costs the coordinator and the masters about what one
 //! Redis costs (docs/CAPACITY.md). A pipeline may hold keys of several slots
 //! as long as one master holds them all; which master does is read from
-//! `CLUSTER SLOTS` ([`super::slots`]). A group whose pipeline fails (a slot
-//! moved, a master failing over, a script the node has not loaded) is renewed
-//! task by task through [`Store::renew`], which follows redirects and loads
-//! scripts. Renewing twice is harmless: the script writes the same values.
+//! `CLUSTER SLOTS` ([`super::slots`]). A group whose pipeline is refused (a
+//! slot moved: MOVED, ASK) is renewed task by task through [`Store::renew`],
+//! which follows redirects; a script the master has not loaded is loaded and
+//! the pipeline sent again; a master that does not answer (failing over)
+//! fails the heartbeat, which the caller retries (`lease::with_retry`) as it
+//! did before pipelines. Renewing twice is harmless: the script writes the
+//! same values.
 
 use super::scripts::RENEW;
 use super::slots::{slot, SlotMap};
@@ -35,6 +38,11 @@ fn parse_reply(r: &str, now: u64, ttl: u64) -> (Renewal, u64) {
         _ if r == "unknown" => (Renewal::Unknown, 0),
         _ => (Renewal::Revoked, 0),
     }
+}
+
+/// Whether `e` says the master did not answer (rather than refused).
+fn unreachable(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
 /// The renew script's call for one task, by its hash (`EVALSHA`): the same
@@ -99,22 +107,12 @@ impl Store {
         now: u64,
         ttl: u64,
     ) -> Result<Vec<Renewal>> {
-        // Tasks by master: indexes into `beats`.
-        let mut by_master: HashMap<String, Vec<usize>> = HashMap::new();
-        {
-            let map = self.slots.read().unwrap_or_else(|p| p.into_inner());
-            for (i, b) in beats.iter().enumerate() {
-                let master = match &self.conn {
-                    Conn::Single(_) => "",
-                    // Not in the map (not read yet): a group of its own, sent by the client's routing.
-                    Conn::Cluster(_) => map
-                        .master(slot(keys::task(&b.task_id).as_bytes()))
-                        .unwrap_or(""),
-                };
-                by_master.entry(master.to_owned()).or_default().push(i);
-            }
-        }
-        let groups: Vec<Vec<usize>> = by_master.into_values().collect();
+        let groups = self.by_master(
+            beats
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (slot(keys::task(&b.task_id).as_bytes()), i)),
+        );
         let replies = self
             .each(groups.iter(), |group| {
                 self.renew_group(beats, group, worker, now, ttl)
@@ -123,7 +121,7 @@ impl Store {
         let mut out: Vec<Option<Renewal>> = (0..beats.len()).map(|_| None).collect();
         let mut deadlines: HashMap<u32, Vec<(u64, &str)>> = HashMap::new();
         for (group, replies) in groups.iter().zip(replies) {
-            for (&i, (renewal, next)) in group.iter().zip(replies) {
+            for (&(_, i), (renewal, next)) in group.iter().zip(replies) {
                 if next > 0 {
                     let id = beats[i].task_id.as_str();
                     deadlines
@@ -134,39 +132,83 @@ impl Store {
                 out[i] = Some(renewal);
             }
         }
-        // One ZADD per index group: its members share the group's slot.
-        self.each(deadlines, |(g, entries)| {
-            let mut c = self.conn.clone();
-            async move {
-                let mut cmd = redis::cmd("ZADD");
-                cmd.arg(keys::due_in(g));
-                for (at, id) in entries {
-                    cmd.arg(at).arg(id);
-                }
-                let _: () = cmd.query_async(&mut c).await?;
-                Ok(())
+        // One ZADD per index group (its members share the group's slot), and
+        // those of one master in one pipeline.
+        let zadds = deadlines.into_iter().map(|(g, entries)| {
+            let key = keys::due_in(g);
+            let mut cmd = redis::cmd("ZADD");
+            cmd.arg(&key);
+            for (at, id) in entries {
+                cmd.arg(at).arg(id);
             }
-        })
-        .await?;
+            (slot(key.as_bytes()), cmd)
+        });
+        let groups = self.by_master(zadds);
+        self.each(groups, |group| self.send_group(group)).await?;
         Ok(out
             .into_iter()
             .map(|r| r.unwrap_or(Renewal::Revoked))
             .collect())
     }
 
-    /// Renews the tasks `group` (indexes into `beats`, all on one master) as
-    /// one pipeline; task by task if that fails. Returns each task's renewal
-    /// and the deadline still to write (0: none).
+    /// Splits `items` by the master that holds each one's slot: one group on
+    /// a single Redis; on a cluster, slots the map does not cover (not read
+    /// yet) make a group of their own, which the masters will refuse in part
+    /// and which then goes one by one.
+    fn by_master<T>(&self, items: impl IntoIterator<Item = (u16, T)>) -> Vec<Vec<(u16, T)>> {
+        let map = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        let mut groups: HashMap<&str, Vec<(u16, T)>> = HashMap::new();
+        for (s, item) in items {
+            let master = match &self.conn {
+                Conn::Single(_) => "",
+                Conn::Cluster(_) => map.master(s).unwrap_or(""),
+            };
+            groups.entry(master).or_default().push((s, item));
+        }
+        groups.into_values().collect()
+    }
+
+    /// Sends commands of one master as one pipeline; one by one if the
+    /// master refuses it (a slot moved).
+    async fn send_group(&self, group: Vec<(u16, redis::Cmd)>) -> Result<()> {
+        let Some(&(first, _)) = group.first() else {
+            return Ok(());
+        };
+        let mut pipe = redis::pipe();
+        for (_, cmd) in &group {
+            pipe.add_command(cmd.clone());
+        }
+        match self.send(&pipe, group.len(), first).await {
+            Ok(_) => Ok(()),
+            Err(e) if unreachable(&e) => Err(e.into()),
+            Err(_) => {
+                self.refresh_slots().await;
+                self.each(group, |(_, cmd)| {
+                    let mut c = self.conn.clone();
+                    async move {
+                        let _: () = cmd.query_async(&mut c).await?;
+                        Ok(())
+                    }
+                })
+                .await
+                .map(drop)
+            }
+        }
+    }
+
+    /// Renews the tasks `group` (`(slot, index into beats)`, all on one
+    /// master) as one pipeline; task by task if that fails. Returns each
+    /// task's renewal and the deadline still to write (0: none).
     async fn renew_group(
         &self,
         beats: &[TaskBeat],
-        group: &[usize],
+        group: &[(u16, usize)],
         worker: &str,
         now: u64,
         ttl: u64,
     ) -> Result<Vec<(Renewal, u64)>> {
         let mut pipe = redis::pipe();
-        for &i in group {
+        for &(_, i) in group {
             let b = &beats[i];
             pipe.add_command(renew_cmd(
                 &b.task_id,
@@ -178,7 +220,7 @@ impl Store {
                 &b.destinations,
             ));
         }
-        let first = slot(keys::task(&beats[group[0]].task_id).as_bytes());
+        let first = group[0].0;
         let mut sent = self.send(&pipe, group.len(), first).await;
         if matches!(&sent, Err(e) if e.kind() == ErrorKind::NoScriptError) {
             // The script is not on this master yet (first use, a replica just
@@ -188,7 +230,16 @@ impl Store {
                 sent = self.send(&pipe, group.len(), first).await;
             }
         }
-        let replies: Option<Vec<String>> = sent.ok().and_then(|values| {
+        let values = match sent {
+            // The master is away (a failover under way): renewing one by one
+            // would only wait for it again; the caller retries the heartbeat.
+            Err(e) if unreachable(&e) => {
+                self.refresh_slots().await;
+                return Err(e.into());
+            }
+            other => other.ok(),
+        };
+        let replies: Option<Vec<String>> = values.and_then(|values| {
             values
                 .iter()
                 .map(|v| redis::from_redis_value::<String>(v).ok())
@@ -198,26 +249,28 @@ impl Store {
         if let Some(replies) = replies {
             return Ok(replies.iter().map(|r| parse_reply(r, now, ttl)).collect());
         }
-        // One by one: redirects followed, scripts loaded, failovers waited out.
+        // One by one, each its own request, up to 64 at once: redirects
+        // (MOVED, ASK) followed, scripts loaded.
         self.one_by_one.inc_by(group.len() as u64);
         self.refresh_slots().await;
-        let mut out = Vec::with_capacity(group.len());
-        for &i in group {
+        self.each(group.iter(), |&(_, i)| {
             let b = &beats[i];
-            let renewal = self
-                .renew(
-                    &b.task_id,
-                    b.epoch,
-                    worker,
-                    now,
-                    ttl,
-                    &b.position,
-                    &b.destinations,
-                )
-                .await?;
-            out.push((renewal, 0));
-        }
-        Ok(out)
+            async move {
+                let renewal = self
+                    .renew(
+                        &b.task_id,
+                        b.epoch,
+                        worker,
+                        now,
+                        ttl,
+                        &b.position,
+                        &b.destinations,
+                    )
+                    .await?;
+                Ok((renewal, 0))
+            }
+        })
+        .await
     }
 
     /// Sends `pipe` (`count` commands) to the master holding `slot`.
