@@ -9,8 +9,8 @@
 //! Submodules: `scripts` (the Lua scripts), `transition` (the calls that run
 //! them: start, issue, renew, release, finish, stop, set_spec, reclaim),
 //! `record` (a task's live and resume records), `due` (the deadline index),
-//! `renew` (a heartbeat's renewals, pipelined per master), `slots` (which
-//! cluster master holds a key), `applied` (which command last changed a task),
+//! `renew` (a heartbeat's renewals), `pipeline` (commands over many tasks,
+//! one pipeline per master), `slots` (which cluster master holds a key), `applied` (which command last changed a task),
 //! `view` (what the API shows),
 //! `page` (the paged listing), `migrate` (the unsharded indexes of before).
 //!
@@ -24,6 +24,7 @@ mod applied;
 mod due;
 mod migrate;
 mod page;
+mod pipeline;
 mod record;
 mod renew;
 mod scripts;

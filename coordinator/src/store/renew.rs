@@ -5,30 +5,23 @@
 //!
 //! Why: on a Redis Cluster the client sends each command on its own through
 //! its routing task, and each master reads it with its own syscall; one
-//! pipeline per master costs the coordinator and the masters about what one
-//! Redis costs (docs/CAPACITY.md). A pipeline may hold keys of several slots
-//! as long as one master holds them all; which master does is read from
-//! `CLUSTER SLOTS` ([`super::slots`]). A group whose pipeline is refused (a
-//! slot moved: MOVED, ASK) is renewed task by task through [`Store::renew`],
-//! which follows redirects; a script the master has not loaded is loaded and
-//! the pipeline sent again; a master that does not answer (failing over)
-//! fails the heartbeat, which the caller retries (`lease::with_retry`) as it
-//! did before pipelines. Renewing twice is harmless: the script writes the
-//! same values.
+//! pipeline per master ([`super::pipeline`]) costs far less (docs/CAPACITY.md).
+//! A renewal pipeline refused (a slot moved) is renewed task by task through
+//! [`Store::renew`], which follows redirects; a script the master has not
+//! loaded is loaded and the pipeline sent again; a master that does not
+//! answer (failing over) fails the heartbeat, which the caller retries
+//! (`lease::with_retry`) as it did before pipelines. Renewing twice is
+//! harmless: the script writes the same values.
 
+use super::pipeline::unreachable;
 use super::scripts::RENEW;
-use super::slots::{slot, SlotMap};
+use super::slots::slot;
 use super::transition::Renewal;
-use super::{json, Conn, Result, Store};
-use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
-use redis::{ErrorKind, Value};
+use super::{json, Result, Store};
+use redis::ErrorKind;
 use std::collections::HashMap;
-use std::time::Duration;
 use vodfleet_proto::fleet::{keys, DestinationState, TaskBeat};
 use vodfleet_proto::Position;
-
-/// How old the slot map may get before a failed pipeline has it read again.
-const SLOT_MAP_REFRESH: Duration = Duration::from_secs(1);
 
 /// What the renew script answered: the renewal, and the deadline to write
 /// into the index (0: the entry is far enough ahead already).
@@ -38,11 +31,6 @@ fn parse_reply(r: &str, now: u64, ttl: u64) -> (Renewal, u64) {
         _ if r == "unknown" => (Renewal::Unknown, 0),
         _ => (Renewal::Revoked, 0),
     }
-}
-
-/// Whether `e` says the master did not answer (rather than refused).
-fn unreachable(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
 /// The renew script's call for one task, by its hash (`EVALSHA`): the same
@@ -143,57 +131,11 @@ impl Store {
             }
             (slot(key.as_bytes()), cmd)
         });
-        let groups = self.by_master(zadds);
-        self.each(groups, |group| self.send_group(group)).await?;
+        self.query_by_master(zadds.collect()).await?;
         Ok(out
             .into_iter()
             .map(|r| r.unwrap_or(Renewal::Revoked))
             .collect())
-    }
-
-    /// Splits `items` by the master that holds each one's slot: one group on
-    /// a single Redis; on a cluster, slots the map does not cover (not read
-    /// yet) make a group of their own, which the masters will refuse in part
-    /// and which then goes one by one.
-    fn by_master<T>(&self, items: impl IntoIterator<Item = (u16, T)>) -> Vec<Vec<(u16, T)>> {
-        let map = self.slots.read().unwrap_or_else(|p| p.into_inner());
-        let mut groups: HashMap<&str, Vec<(u16, T)>> = HashMap::new();
-        for (s, item) in items {
-            let master = match &self.conn {
-                Conn::Single(_) => "",
-                Conn::Cluster(_) => map.master(s).unwrap_or(""),
-            };
-            groups.entry(master).or_default().push((s, item));
-        }
-        groups.into_values().collect()
-    }
-
-    /// Sends commands of one master as one pipeline; one by one if the
-    /// master refuses it (a slot moved).
-    async fn send_group(&self, group: Vec<(u16, redis::Cmd)>) -> Result<()> {
-        let Some(&(first, _)) = group.first() else {
-            return Ok(());
-        };
-        let mut pipe = redis::pipe();
-        for (_, cmd) in &group {
-            pipe.add_command(cmd.clone());
-        }
-        match self.send(&pipe, group.len(), first).await {
-            Ok(_) => Ok(()),
-            Err(e) if unreachable(&e) => Err(e.into()),
-            Err(_) => {
-                self.refresh_slots().await;
-                self.each(group, |(_, cmd)| {
-                    let mut c = self.conn.clone();
-                    async move {
-                        let _: () = cmd.query_async(&mut c).await?;
-                        Ok(())
-                    }
-                })
-                .await
-                .map(drop)
-            }
-        }
     }
 
     /// Renews the tasks `group` (`(slot, index into beats)`, all on one
@@ -273,54 +215,9 @@ impl Store {
         .await
     }
 
-    /// Sends `pipe` (`count` commands) to the master holding `slot`.
-    async fn send(
-        &self,
-        pipe: &redis::Pipeline,
-        count: usize,
-        slot: u16,
-    ) -> redis::RedisResult<Vec<Value>> {
-        match &self.conn {
-            Conn::Single(c) => pipe.query_async(&mut c.clone()).await,
-            Conn::Cluster(c) => {
-                let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
-                c.clone().route_pipeline(pipe, 0, count, route).await
-            }
-        }
-    }
-
-    /// Forgets the cluster's slot map, as before its first read: the next
-    /// heartbeat's renewals go one by one, then the map is read again. For
-    /// tests of that path; a stale map after a failover takes it by itself.
-    #[doc(hidden)]
-    pub fn forget_slot_map(&self) {
-        *self.slots.write().unwrap_or_else(|p| p.into_inner()) = SlotMap::default();
-    }
-
     /// Renewals that went one by one because their pipeline failed, since
     /// start: a counter for the coordinator's registry (shares its value).
     pub fn unpipelined(&self) -> prometheus::IntCounter {
         self.one_by_one.clone()
-    }
-
-    /// Reads the cluster's slot map again, unless it was read in the last second.
-    pub(super) async fn refresh_slots(&self) {
-        let Conn::Cluster(c) = &self.conn else { return };
-        if !self
-            .slots
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .older_than(SLOT_MAP_REFRESH)
-        {
-            return;
-        }
-        let reply = redis::cmd("CLUSTER")
-            .arg("SLOTS")
-            .query_async::<Value>(&mut c.clone())
-            .await;
-        match reply.ok().as_ref().and_then(SlotMap::parse) {
-            Some(map) => *self.slots.write().unwrap_or_else(|p| p.into_inner()) = map,
-            None => tracing::warn!("CLUSTER SLOTS unreadable; renewals go one by one until it is"),
-        }
     }
 }

@@ -1,6 +1,7 @@
 //! Tasks as the API shows them (stream keys redacted), one at a time, and
 //! counts by state; pages of them are in `page`.
 
+use super::slots::slot;
 use super::{Result, Store};
 use redis::AsyncCommands;
 use serde::Serialize;
@@ -107,14 +108,20 @@ impl Store {
                     .arg(500)
                     .query_async(&mut c)
                     .await?;
-                let states: Vec<Option<String>> = self
-                    .each(ids.iter(), |id| {
-                        let mut c = self.conn.clone();
-                        async move { Ok(c.hget(keys::task(id), "state").await?) }
+                // One pipeline per master: 20,000 tasks every 15 s were
+                // 1,300 requests a second of their own on a Redis Cluster.
+                let reads = ids
+                    .iter()
+                    .map(|id| {
+                        let key = keys::task(id);
+                        let mut cmd = redis::cmd("HGET");
+                        cmd.arg(&key).arg("state");
+                        (slot(key.as_bytes()), cmd)
                     })
-                    .await?;
+                    .collect();
+                let states = self.query_by_master(reads).await?;
                 for (id, state) in ids.iter().zip(states) {
-                    match state {
+                    match redis::from_redis_value::<Option<String>>(&state)? {
                         Some(s) => *counts.entry(s).or_insert(0) += 1,
                         None => self.forget(id).await?,
                     }
