@@ -322,6 +322,22 @@ impl Recording {
         }
     }
 
+    /// Panics if `stream` ("video" or "audio") has a DTS step of `max_s`
+    /// seconds or more between consecutive packets: a hole on air.
+    pub fn assert_no_gap(&self, stream: &str, max_s: f64) {
+        let pkts = match stream {
+            "video" => &self.video,
+            "audio" => &self.audio,
+            other => panic!("no stream {other:?} in a recording"),
+        };
+        let (gap, at) = max_dts_gap(pkts);
+        assert!(
+            gap < max_s,
+            "{stream} gap of {gap:.3} s at {at:.3} s: {}",
+            self.summary()
+        );
+    }
+
     /// Panics if ffmpeg reports anything while decoding the whole recording.
     pub fn assert_decodes_cleanly(&self) {
         let errors = decode_errors(&self.path);

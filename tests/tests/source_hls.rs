@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use vodfleet_tests::media::ffmpeg;
-use vodfleet_tests::probe::{audio_info, max_dts_gap, span};
+use vodfleet_tests::probe::{audio_info, span};
 use vodfleet_tests::rtmp::free_port;
 use vodfleet_tests::{poll, unique, Media, Pattern, Recording, RtmpServer, Running, Worker};
 
@@ -140,12 +140,7 @@ fn assert_audio_follows_video(rec: &Recording) {
         "audio spans {a:.3} s, video {v:.3} s: {}",
         rec.summary()
     );
-    let (gap, at) = max_dts_gap(&rec.audio);
-    assert!(
-        gap < 0.1,
-        "audio gap of {gap:.3} s at {at:.3} s: {}",
-        rec.summary()
-    );
+    rec.assert_no_gap("audio", 0.1);
 }
 
 fn failed_item(url: &str) -> String {

@@ -7,7 +7,7 @@
 
 use serde_json::json;
 use std::time::Duration;
-use vodfleet_tests::probe::{audio_info, audio_parameters, max_dts_gap, span};
+use vodfleet_tests::probe::{audio_info, audio_parameters, span};
 use vodfleet_tests::{unique, Container, Media, MediaSpec, Recording, RtmpServer, Worker};
 
 /// Plays `items` in copy mode into one stream: no item failed, one publish
@@ -39,12 +39,7 @@ fn play_copy(items: &[&Media], secs: f64) -> (RtmpServer, Recording) {
             rec.summary()
         );
     }
-    let (gap, at) = max_dts_gap(&rec.audio);
-    assert!(
-        gap < 0.1,
-        "audio gap of {gap:.3} s at {at:.3} s: {}",
-        rec.summary()
-    );
+    rec.assert_no_gap("audio", 0.1);
     rec.assert_monotonic();
     rec.assert_decodes_cleanly();
     (rtmp, rec)
