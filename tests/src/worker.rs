@@ -363,3 +363,47 @@ impl Drop for Running {
 pub fn is_destination(e: &Value, index: u64, state: &str) -> bool {
     e["event"] == "destination" && e["index"] == index && e["state"] == state
 }
+
+/// Plays `items` (one playlist, once) in copy mode into one stream of a new
+/// nginx-rtmp and judges it: the worker exits 0 in copy mode, no item failed,
+/// one publish session, video and audio each `secs` long (±0.3 s), DTS never
+/// going back, a recording that decodes cleanly. Returns the server (it keeps
+/// the recording while it lives), the recording and the worker's report.
+pub fn play_copy(
+    items: &[&crate::Media],
+    secs: f64,
+) -> (crate::RtmpServer, crate::Recording, String) {
+    let rtmp = crate::RtmpServer::start();
+    let key = crate::unique("copy");
+    let task = serde_json::json!({
+        "id": crate::unique("copy"),
+        "src": items.iter().map(|m| serde_json::json!({"url": m.vod_url()})).collect::<Vec<_>>(),
+        "forward": [{"url": rtmp.url(&key)}],
+        "extendParam": {"loop": "1"}
+    });
+    let mut w = Worker::play(task, &[]);
+    let status = w.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "worker failed\n{}", w.report());
+    assert!(
+        w.events_named("item_failed").is_empty(),
+        "no item failed: {}",
+        w.report()
+    );
+    let started = w.events_named("task_started");
+    assert_eq!(started[0]["mode"], "copy", "{}", w.report());
+    rtmp.assert_one_session(&key);
+    let rec = crate::Recording::read(&rtmp.record_path(&key));
+    for (what, got) in [
+        ("video", rec.video_secs()),
+        ("audio", crate::probe::span(&rec.audio)),
+    ] {
+        assert!(
+            (got - secs).abs() < 0.3,
+            "{what} {got:.3} s of {secs}: {}",
+            rec.summary()
+        );
+    }
+    rec.assert_monotonic();
+    rec.assert_decodes_cleanly();
+    (rtmp, rec, w.report())
+}

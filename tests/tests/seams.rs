@@ -14,7 +14,8 @@ use std::process::Command;
 use std::time::Duration;
 use vodfleet_tests::media::ffprobe;
 use vodfleet_tests::probe::{audio_info, audio_parameters, picture_sizes, span, video_info};
-use vodfleet_tests::{unique, Container, Media, MediaSpec, Recording, RtmpServer, Worker};
+use vodfleet_tests::worker::play_copy;
+use vodfleet_tests::{unique, Container, MediaSpec, Recording, RtmpServer, Worker};
 
 #[test]
 fn mp3_after_aac_in_copy_mode_is_conformed_to_aac_in_one_session() {
@@ -62,40 +63,6 @@ fn mp3_after_aac_in_copy_mode_is_conformed_to_aac_in_one_session() {
     rec.assert_no_gap("audio", 0.1);
     rec.assert_monotonic();
     rec.assert_decodes_cleanly();
-}
-
-/// Plays `items` in copy mode into one stream and returns its recording and
-/// the worker's report, after checking that no item failed and nginx saw one
-/// publish session.
-fn play_copy(items: &[&Media], secs: f64) -> (RtmpServer, Recording, String) {
-    let rtmp = RtmpServer::start();
-    let key = unique("seam");
-    let task = json!({
-        "id": unique("seam"),
-        "src": items.iter().map(|m| json!({"url": m.vod_url()})).collect::<Vec<_>>(),
-        "forward": [{"url": rtmp.url(&key)}],
-        "extendParam": {"loop": "1"}
-    });
-    let mut w = Worker::play(task, &[]);
-    let status = w.wait_exit(Duration::from_secs(60));
-    assert_eq!(status.code(), Some(0), "worker failed\n{}", w.report());
-    assert!(
-        w.events_named("item_failed").is_empty(),
-        "no item failed: {}",
-        w.report()
-    );
-    rtmp.assert_one_session(&key);
-    let rec = Recording::read(&rtmp.record_path(&key));
-    for (what, got) in [("video", rec.video_secs()), ("audio", span(&rec.audio))] {
-        assert!(
-            (got - secs).abs() < 0.3,
-            "{what} {got:.3} s of {secs}: {}",
-            rec.summary()
-        );
-    }
-    rec.assert_monotonic();
-    rec.assert_decodes_cleanly();
-    (rtmp, rec, w.report())
 }
 
 #[test]
