@@ -4,7 +4,7 @@
 
 use crate::callback::{payload, Callback};
 use crate::ctx::{now_ms, Ctx};
-use crate::store::{Release, Renewal, StoreError, TaskRecord};
+use crate::store::{IndexMove, Release, Renewal, StoreError, TaskRecord};
 use futures_util::StreamExt;
 use std::time::Duration;
 use vodfleet_proto::fleet::{EventKind, TaskBeat, ToWorker, WorkOrder, WorkerMessage};
@@ -191,22 +191,19 @@ pub async fn renew(
         .heartbeat_age
         .set(now.saturating_sub(sent_ms) as f64 / 1000.0);
     let (mut renewed, mut revoked, mut unknown) = (Vec::new(), Vec::new(), Vec::new());
-    // The renewals of one heartbeat go out together, pipelined on the
-    // multiplexed connection: a worker with a thousand streams is answered in
-    // a few round trips, not a thousand, and its leases are renewed in time
-    // even when this machine is busy.
     // In chunks, each one pipeline per Redis master (store::renew): a worker
     // with a thousand streams is answered in a few round trips, not a
     // thousand, and its leases are renewed in time even when this machine is
     // busy. The chunks take their share of the replica's renewals in flight.
     // The futures are made first: a closure inside the stream's type trips
     // the compiler's Send check (higher-ranked lifetimes) in axum handlers.
+    let index = index_move(seq, ctx.cfg.heartbeat.as_millis() as u64, ttl);
     let pipelines: Vec<_> = tasks
         .chunks(RENEWALS_PER_PIPELINE)
         .map(|chunk| async move {
             // Never closed: the semaphore lives as long as the context.
             let _permits = ctx.renewals.acquire_many(chunk.len() as u32).await;
-            let r = ctx.store.renew_all(chunk, worker_id, now, ttl).await;
+            let r = ctx.store.renew_all(chunk, worker_id, now, ttl, index).await;
             (chunk, r)
         })
         .collect();
@@ -230,6 +227,19 @@ pub async fn renew(
         revoked,
         unknown,
     })
+}
+
+/// Whether heartbeat `seq` of a worker is one that moves the deadline index
+/// ([`IndexMove`]): every k-th, k the most heartbeats (`beat_ms` apart) that
+/// fit in 3/4 of the lease TTL, so an entry moved on one aligned heartbeat is
+/// still ahead at the next (3 at the defaults: 2 s, 10 s).
+fn index_move(seq: u64, beat_ms: u64, ttl: u64) -> IndexMove {
+    let k = (ttl * 3 / 4).checked_div(beat_ms).unwrap_or(1).max(1);
+    if seq % k == 0 {
+        IndexMove::Aligned
+    } else {
+        IndexMove::Urgent
+    }
 }
 
 /// Every `period`: issue what is due. Runs on every replica; the per-task
@@ -381,5 +391,25 @@ where
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_heartbeat_in_k_moves_the_index() {
+        let aligned = |beat_ms, ttl| {
+            (0..12u64)
+                .filter(|&s| index_move(s, beat_ms, ttl) == IndexMove::Aligned)
+                .collect::<Vec<_>>()
+        };
+        // The defaults: 3 beats of 2 s fit in 7.5 s.
+        assert_eq!(aligned(2_000, 10_000), [0, 3, 6, 9]);
+        // Beats as long as the TTL (or a zero interval): every one.
+        assert_eq!(aligned(10_000, 10_000).len(), 12);
+        assert_eq!(aligned(0, 10_000).len(), 12);
+        assert_eq!(aligned(1_000, 10_000), [0, 7]);
     }
 }

@@ -195,14 +195,16 @@ fn a_killed_master_is_replaced_by_its_replica_and_the_lease_goes_on() {
 /// A heartbeat's renewals go out as one pipeline per master
 /// (coordinator/src/store/renew.rs). On the cluster: every task, on every
 /// master, is renewed and its deadline written to the index; a wrong epoch is
-/// revoked and an unknown task reported; a renewal whose index entry is
-/// still far enough ahead leaves it where it is, the next one moves it. With
+/// revoked and an unknown task reported; heartbeats that are not aligned
+/// leave the index entries where they are, an aligned one moves them, and so
+/// does any once an entry is less than TTL/4 ahead. With
 /// no slot map (before its first read, or stale after a failover) the mixed
 /// pipeline is refused with MOVED and the renewals go one by one, with the
-/// same outcome, and the map is read again.
+/// same outcome, and the map is read again. The reaper's read of the index
+/// (one pipeline per master) finds the tasks when their deadlines pass.
 #[test]
 fn a_heartbeats_renewals_reach_every_master_with_or_without_the_slot_map() {
-    use vodfleet_coordinator::store::{Renewal, Store};
+    use vodfleet_coordinator::store::{IndexMove, Renewal, Store};
     use vodfleet_proto::fleet::TaskBeat;
     use vodfleet_proto::Position;
     use vodfleet_tests::fleet::{now_ms, seed};
@@ -254,7 +256,7 @@ fn a_heartbeats_renewals_reach_every_master_with_or_without_the_slot_map() {
 
     let at = now + 100;
     let r = rt
-        .block_on(store.renew_all(&all, "w1", at, TTL))
+        .block_on(store.renew_all(&all, "w1", at, TTL, IndexMove::Urgent))
         .expect("renewed");
     assert!(r[..60].iter().all(|r| *r == Renewal::Renewed), "{r:?}");
     assert_eq!(r[60], Renewal::Revoked, "a wrong epoch is revoked");
@@ -268,17 +270,20 @@ fn a_heartbeats_renewals_reach_every_master_with_or_without_the_slot_map() {
         assert_eq!(due(&b.task_id), Some(at + TTL), "deadline in the index");
     }
 
-    // 2 s later: the lease moves, the index entry (8 s ahead) stays.
-    let r = rt
-        .block_on(store.renew_all(&beats, "w1", at + 2_000, TTL))
-        .expect("renewed");
-    assert!(r.iter().all(|r| *r == Renewal::Renewed), "{r:?}");
-    for b in &beats {
-        assert_eq!(lease_until(&b.task_id), at + 2_000 + TTL);
-        assert_eq!(due(&b.task_id), Some(at + TTL), "not moved yet");
+    // 2 s and 4 s later, heartbeats that are not aligned: the lease moves,
+    // the index entry (8 s, 6 s ahead) stays.
+    for later in [2_000, 4_000] {
+        let r = rt
+            .block_on(store.renew_all(&beats, "w1", at + later, TTL, IndexMove::Urgent))
+            .expect("renewed");
+        assert!(r.iter().all(|r| *r == Renewal::Renewed), "{r:?}");
+        for b in &beats {
+            assert_eq!(lease_until(&b.task_id), at + later + TTL);
+            assert_eq!(due(&b.task_id), Some(at + TTL), "not moved yet");
+        }
     }
-    // 6 s later the entry is less than TTL/2 ahead: moved.
-    rt.block_on(store.renew_all(&beats, "w1", at + 6_000, TTL))
+    // 6 s later, an aligned heartbeat: the entry, less than 3/4 TTL ahead, moves.
+    rt.block_on(store.renew_all(&beats, "w1", at + 6_000, TTL, IndexMove::Aligned))
         .expect("renewed");
     for b in &beats {
         assert_eq!(due(&b.task_id), Some(at + 6_000 + TTL), "moved");
@@ -287,7 +292,7 @@ fn a_heartbeats_renewals_reach_every_master_with_or_without_the_slot_map() {
     // No slot map: one by one, same outcome; then the map is back.
     store.forget_slot_map();
     let r = rt
-        .block_on(store.renew_all(&all, "w1", at + 7_000, TTL))
+        .block_on(store.renew_all(&all, "w1", at + 7_000, TTL, IndexMove::Aligned))
         .expect("renewed one by one");
     assert!(r[..60].iter().all(|r| *r == Renewal::Renewed), "{r:?}");
     assert_eq!((&r[60], &r[61]), (&Renewal::Revoked, &Renewal::Unknown));
@@ -299,7 +304,24 @@ fn a_heartbeats_renewals_reach_every_master_with_or_without_the_slot_map() {
         assert_eq!(lease_until(&b.task_id), at + 7_000 + TTL);
     }
     let before = store.unpipelined().get();
-    rt.block_on(store.renew_all(&beats, "w1", at + 8_000, TTL))
+    rt.block_on(store.renew_all(&beats, "w1", at + 8_000, TTL, IndexMove::Urgent))
         .expect("renewed");
     assert_eq!(store.unpipelined().get(), before, "pipelined again");
+    // The aligned heartbeats lost: at 14 s the entry (at 7 s + TTL, written
+    // one by one) is less than TTL/4 ahead and moves all the same.
+    rt.block_on(store.renew_all(&beats, "w1", at + 14_000, TTL, IndexMove::Urgent))
+        .expect("renewed");
+    for b in &beats {
+        assert_eq!(due(&b.task_id), Some(at + 14_000 + TTL), "moved late");
+    }
+    // The reaper's read of every group, one pipeline per master: nothing due yet,
+    // everything due once the leases have run out.
+    assert!(rt
+        .block_on(store.due(at + 14_000, 100))
+        .expect("read")
+        .is_empty());
+    let overdue = rt
+        .block_on(store.due(at + 14_000 + TTL, 100))
+        .expect("read");
+    assert_eq!(overdue.len(), 60, "{overdue:?}");
 }

@@ -42,6 +42,7 @@ use vodfleet_proto::Position;
 
 pub use page::{Cursor, Page};
 pub use record::{Deadlines, TaskRecord};
+pub use renew::IndexMove;
 pub use transition::{Issued, Release, Renewal, Started};
 pub use view::{DestinationView, TaskView};
 

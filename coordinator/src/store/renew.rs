@@ -1,7 +1,8 @@
 //! Renewing the leases of one heartbeat together (docs/design/fleet.md
 //! "Heartbeat"): the renew scripts go out as one pipeline per Redis master
 //! (all of them on one Redis), and the deadline index is moved with one
-//! `ZADD` per index group, instead of a request per task.
+//! `ZADD` per index group, instead of a request per task, and only on a
+//! worker's aligned heartbeats ([`IndexMove`]), one in three by default.
 //!
 //! Why: on a Redis Cluster the client sends each command on its own through
 //! its routing task, and each master reads it with its own syscall; one
@@ -33,33 +34,62 @@ fn parse_reply(r: &str, now: u64, ttl: u64) -> (Renewal, u64) {
     }
 }
 
+/// Whether a heartbeat moves its tasks' entries in the deadline index
+/// (docs/design/fleet.md "Heartbeat"). Aligning the moves on whole heartbeats
+/// makes two heartbeats in three need no `ZADD` at all, instead of every
+/// heartbeat a few (one request per master on a cluster).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexMove {
+    /// One of a worker's aligned heartbeats: every entry less than 3/4 of the
+    /// lease TTL ahead moves.
+    Aligned,
+    /// Any other heartbeat: only entries less than 1/4 of the TTL ahead move
+    /// (an aligned heartbeat was lost or late), and new ones.
+    Urgent,
+}
+
+/// What one heartbeat's renewals share.
+struct Beat<'a> {
+    /// The worker that sent it.
+    worker: &'a str,
+    /// When it is handled (ms since the epoch).
+    now: u64,
+    /// The lease TTL granted (ms).
+    ttl: u64,
+    /// Whether it moves the deadline index.
+    index: IndexMove,
+}
+
 /// The renew script's call for one task, by its hash (`EVALSHA`): the same
 /// for one task alone and in a pipeline.
 fn renew_cmd(
     id: &str,
     epoch: u64,
-    worker: &str,
-    now: u64,
-    ttl: u64,
     position: &Position,
     dests: &[DestinationState],
+    beat: &Beat,
 ) -> redis::Cmd {
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(RENEW.get_hash())
         .arg(1)
         .arg(keys::task(id))
         .arg(epoch)
-        .arg(worker)
-        .arg(now)
-        .arg(ttl)
+        .arg(beat.worker)
+        .arg(beat.now)
+        .arg(beat.ttl)
         .arg(json(position))
-        .arg(json(&dests));
+        .arg(json(&dests))
+        .arg(if beat.index == IndexMove::Aligned {
+            "1"
+        } else {
+            "0"
+        });
     cmd
 }
 
 impl Store {
     /// Renews one task's lease (from `worker`'s heartbeat) and writes its next
-    /// deadline when the script says so.
+    /// deadline when the script says so, as on an aligned heartbeat.
     #[allow(clippy::too_many_arguments)]
     pub async fn renew(
         &self,
@@ -71,7 +101,13 @@ impl Store {
         position: &Position,
         dests: &[DestinationState],
     ) -> Result<Renewal> {
-        let cmd = renew_cmd(id, epoch, worker, now, ttl, position, dests);
+        let beat = Beat {
+            worker,
+            now,
+            ttl,
+            index: IndexMove::Aligned,
+        };
+        let cmd = renew_cmd(id, epoch, position, dests, &beat);
         let mut c = self.conn.clone();
         let r: String = match cmd.query_async(&mut c).await {
             Err(e) if e.kind() == ErrorKind::NoScriptError => {
@@ -87,14 +123,22 @@ impl Store {
         Ok(renewal)
     }
 
-    /// Renews every lease in `beats` (one heartbeat of `worker`), in order.
+    /// Renews every lease in `beats` (one heartbeat of `worker`), in order;
+    /// `index` says whether this heartbeat is one that moves the index.
     pub async fn renew_all(
         &self,
         beats: &[TaskBeat],
         worker: &str,
         now: u64,
         ttl: u64,
+        index: IndexMove,
     ) -> Result<Vec<Renewal>> {
+        let beat = Beat {
+            worker,
+            now,
+            ttl,
+            index,
+        };
         let groups = self.by_master(
             beats
                 .iter()
@@ -102,9 +146,7 @@ impl Store {
                 .map(|(i, b)| (slot(keys::task(&b.task_id).as_bytes()), i)),
         );
         let replies = self
-            .each(groups.iter(), |group| {
-                self.renew_group(beats, group, worker, now, ttl)
-            })
+            .each(groups.iter(), |group| self.renew_group(beats, group, &beat))
             .await?;
         let mut out: Vec<Option<Renewal>> = (0..beats.len()).map(|_| None).collect();
         let mut deadlines: HashMap<u32, Vec<(u64, &str)>> = HashMap::new();
@@ -145,9 +187,7 @@ impl Store {
         &self,
         beats: &[TaskBeat],
         group: &[(u16, usize)],
-        worker: &str,
-        now: u64,
-        ttl: u64,
+        beat: &Beat<'_>,
     ) -> Result<Vec<(Renewal, u64)>> {
         let mut pipe = redis::pipe();
         for &(_, i) in group {
@@ -155,11 +195,9 @@ impl Store {
             pipe.add_command(renew_cmd(
                 &b.task_id,
                 b.epoch,
-                worker,
-                now,
-                ttl,
                 &b.position,
                 &b.destinations,
+                beat,
             ));
         }
         let first = group[0].0;
@@ -189,10 +227,14 @@ impl Store {
                 .filter(|r| r.len() == group.len())
         });
         if let Some(replies) = replies {
-            return Ok(replies.iter().map(|r| parse_reply(r, now, ttl)).collect());
+            return Ok(replies
+                .iter()
+                .map(|r| parse_reply(r, beat.now, beat.ttl))
+                .collect());
         }
         // One by one, each its own request, up to 64 at once: redirects
-        // (MOVED, ASK) followed, scripts loaded.
+        // (MOVED, ASK) followed, scripts loaded, the index moved as on an
+        // aligned heartbeat (more often, never less).
         self.one_by_one.inc_by(group.len() as u64);
         self.refresh_slots().await;
         self.each(group.iter(), |&(_, i)| {
@@ -202,9 +244,9 @@ impl Store {
                     .renew(
                         &b.task_id,
                         b.epoch,
-                        worker,
-                        now,
-                        ttl,
+                        beat.worker,
+                        beat.now,
+                        beat.ttl,
                         &b.position,
                         &b.destinations,
                     )

@@ -77,11 +77,14 @@ return {e, redis.call('HGET', KEYS[1], 'spec'), redis.call('HGET', KEYS[1], 'pos
 script!(
     RENEW,
     r#"
--- KEYS[1] task. ARGV: epoch, worker, now, ttl, position, destinations
+-- KEYS[1] task. ARGV: epoch, worker, now, ttl, position, destinations, aligned
 -- Returns 'unknown', 'revoked', or 'renewed:N': N > 0 is the task's next
 -- deadline, which the caller writes into the deadline index; N = 0 means the
--- index already holds one at least ttl/2 ahead (field due_ms), which stays
--- correct because a deadline only moves later (docs/design/fleet.md "Redis").
+-- index holds one far enough ahead already (field due_ms), which stays
+-- correct because a deadline only moves later. The entry moves on a worker's
+-- aligned heartbeats (ARGV[7] = '1') when less than 3/4 ttl ahead, so all its
+-- tasks move together; on others only when less than ttl/4 ahead
+-- (docs/design/fleet.md "Heartbeat").
 local f = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'worker', 'end_ms', 'due_ms')
 local st = f[1]
 if not st then return 'unknown' end
@@ -97,8 +100,9 @@ local next_ms = now + ttl
 local end_ms = tonumber(f[4] or '0') or 0
 if end_ms > 0 and end_ms < next_ms then next_ms = end_ms end
 local due = tonumber(f[5] or '0') or 0
+local lead = due - now
 local tell = 0
-if due == 0 or next_ms < due or due - now < ttl / 2 then
+if due == 0 or next_ms < due or lead < ttl / 4 or (ARGV[7] == '1' and lead < ttl * 3 / 4) then
   tell = next_ms
   due = next_ms
 end
