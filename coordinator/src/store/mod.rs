@@ -17,8 +17,9 @@
 //! The store runs on one Redis or on a Redis Cluster ([`Conn`]) through the same
 //! code: no command or script touches keys of two slots. The indexes are
 //! sharded into `keys::GROUPS` groups (docs/design/fleet.md "Redis"), and
-//! reads over several tasks are issued per key, concurrently; the one
-//! pipeline over several tasks, a heartbeat's renewals, is split by master.
+//! reads over several tasks are issued per key, concurrently, except where
+//! they run often (a heartbeat's renewals and index moves, the reaper's reads
+//! of the index, the state count): those go one pipeline per master.
 
 mod applied;
 mod due;
