@@ -10,9 +10,10 @@
 //! them: start, issue, renew, release, finish, stop, set_spec, reclaim),
 //! `record` (a task's live and resume records), `due` (the deadline index),
 //! `renew` (a heartbeat's renewals), `pipeline` (commands over many tasks,
-//! one pipeline per master), `slots` (which cluster master holds a key), `applied` (which command last changed a task),
-//! `view` (what the API shows),
-//! `page` (the paged listing), `migrate` (the unsharded indexes of before).
+//! one pipeline per master), `slots` (which cluster master holds a key),
+//! `applied` (which command last changed a task), `view` (what the API
+//! shows), `page` (the paged listing), `migrate` (the unsharded indexes of
+//! before).
 //!
 //! The store runs on one Redis or on a Redis Cluster ([`Conn`]) through the same
 //! code: no command or script touches keys of two slots. The indexes are
